@@ -1,0 +1,70 @@
+"""The application factory: one Flask app, its Socket.IO server and the Redis bridge."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from flask import Flask
+from flask_socketio import SocketIO
+
+from . import web
+from .bridge import Bridge, node_name
+from .config import Config, ConfigError
+from .delivery import Delivery
+from .events import AckAwareServer, Events
+from .routing import Router
+from .store import Store, connect
+
+
+@dataclasses.dataclass
+class Gateway:
+    """The running parts, kept in ``app.extensions["pushapp"]``."""
+
+    config: Config
+    socketio: SocketIO
+    store: Store
+    delivery: Delivery
+    router: Router
+    bridge: Bridge
+
+    def close(self) -> None:
+        self.bridge.close()
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the gateway for one worker process and start its Redis listener."""
+    config = config or Config.from_env()
+    if not config.redis_url:
+        raise ConfigError("REDIS_URL is not set: point it at a Redis server, or start the "
+                          "gateway with bin/serve, which starts an embedded one")
+    logging.basicConfig(level=config.log_level,
+                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    # gevent-websocket logs every HTTP request and websocket upgrade at INFO.
+    logging.getLogger("geventwebsocket.handler").setLevel(
+        max(logging.WARNING, logging.getLogger().level))
+
+    app = Flask(__name__)
+    socketio = SocketIO(
+        app,
+        async_mode="gevent",
+        async_handlers=False,
+        manage_session=False,
+        ping_interval=config.ping_interval,
+        ping_timeout=config.ping_timeout,
+        max_http_buffer_size=config.max_frame_bytes,
+        cors_allowed_origins=config.cors_allowed_origins,
+        logger=False,
+        engineio_logger=False,
+    )
+    socketio.server.__class__ = AckAwareServer
+
+    store = Store(config, connect(config))
+    delivery = Delivery(config, store, socketio.server, node_name())
+    router = Router(config, store, delivery)
+    Events(config, store, delivery, router, socketio.server).register(socketio)
+    app.register_blueprint(web.bp)
+
+    bridge = Bridge(config, store, router)
+    app.extensions["pushapp"] = Gateway(config, socketio, store, delivery, router, bridge)
+    bridge.start()
+    return app

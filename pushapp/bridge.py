@@ -1,0 +1,153 @@
+"""The worker's link to Redis pub/sub: one listener greenlet and one keepalive greenlet.
+
+The listener takes business servers' channels and this node's own signal channel. It
+survives Redis restarts (reconnect with capped, jittered backoff, then resubscribe) and
+skips any message it cannot use with one log line, so no message can stop it.
+
+Every worker hears the business channels, but only the holder of the ingest lease stores
+what they carry: with several workers each message is stored once (seed bug 9). The
+keepalive greenlet renews the lease and this node's heartbeat; a lease left by a worker
+of this host that has died is taken over at once instead of after its TTL.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+
+import gevent
+import orjson
+import redis
+
+from . import payloads
+from .config import Config
+from .routing import Router
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+_MAX_BACKOFF = 5.0
+
+
+def node_name() -> str:
+    """This worker's name among nodes: host, pid and a random tag against pid reuse."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+def _dead_here(holder: str) -> bool:
+    """Whether ``holder`` names a process of this host that no longer exists."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Bridge:
+    def __init__(self, config: Config, store: Store, router: Router) -> None:
+        self.config = config
+        self.store = store
+        self.router = router
+        self.node = router.node
+        self.node_channel = config.key("node", self.node)
+        self.subscribed = False
+        self._leader_until = 0.0
+        self._running = False
+        self._greenlets: list[gevent.Greenlet] = []
+
+    @property
+    def leader(self) -> bool:
+        return time.monotonic() < self._leader_until
+
+    def start(self) -> None:
+        self._running = True
+        self._greenlets = [gevent.spawn(self._keepalive), gevent.spawn(self._listen)]
+
+    def close(self) -> None:
+        """Stop, and hand the lease and this node's users over without waiting for TTLs."""
+        self._running = False
+        gevent.killall(self._greenlets, block=False)
+        try:
+            if self.leader:
+                self.store.drop_lease(self.node)
+            self.store.forget_node(self.node)
+        except redis.RedisError as exc:
+            log.warning("could not release lease/heartbeat on exit: %s", exc)
+
+    def ready(self) -> bool:
+        """Subscribed, and some node holds the ingest lease."""
+        return self.subscribed and self.store.lease_holder() is not None
+
+    def _keepalive(self) -> None:
+        ttl = self.config.lease_ttl
+        while self._running:
+            try:
+                self._renew(ttl)
+            except redis.RedisError as exc:
+                self._leader_until = 0.0
+                log.warning("keepalive failed, Redis unreachable: %s", exc)
+            gevent.sleep(ttl / 3)
+
+    def _renew(self, ttl: float) -> None:
+        started = time.monotonic()
+        self.store.heartbeat(self.node, ttl)
+        held = self.store.hold_lease(self.node, ttl)
+        if not held:
+            holder = self.store.lease_holder()
+            if holder and _dead_here(holder) and self.store.drop_lease(holder):
+                log.warning("took over the ingest lease of dead worker %s", holder)
+                held = self.store.hold_lease(self.node, ttl)
+        was_leader = self.leader
+        # Count the lease from before the round trip, and stop short of its expiry, so
+        # two workers never both believe they hold it.
+        self._leader_until = started + ttl * 0.8 if held else 0.0
+        if held != was_leader:
+            log.info("node %s %s the ingest lease", self.node, "holds" if held else "lost")
+
+    def _listen(self) -> None:
+        backoff = 0.1
+        channels = (self.config.channel_snschat, self.config.channel_notification,
+                    self.node_channel)
+        while self._running:
+            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(*channels)
+                self.subscribed = True
+                log.info("listener subscribed to %s", ", ".join(channels))
+                backoff = 0.1
+                for message in pubsub.listen():
+                    self.handle(message["channel"].decode(), message["data"])
+            except (redis.RedisError, OSError) as exc:
+                log.warning("listener lost Redis (%s); reconnecting in %.1fs", exc, backoff)
+            finally:
+                self.subscribed = False
+                pubsub.close()
+            gevent.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def handle(self, channel: str, data: bytes) -> None:
+        """One pub/sub message. Nothing it carries may raise out of here."""
+        try:
+            if channel == self.node_channel:
+                self.router.on_signal(orjson.loads(data))
+            elif not self.leader:
+                return
+            elif channel == self.config.channel_snschat:
+                self.router.chat(payloads.parse_object(data, "snschat message"), data)
+            elif channel == self.config.channel_notification:
+                self.router.notification(payloads.parse_object(data, "notification"), data)
+        except payloads.PayloadError as exc:
+            log.warning("skipped a message on %s: %s: %.200r", channel, exc, data)
+        except redis.RedisError as exc:
+            log.error("message on %s not stored, Redis failed (%s): %.200r", channel, exc, data)
+        except Exception:
+            log.exception("skipped a message on %s that could not be handled: %.200r",
+                          channel, data)

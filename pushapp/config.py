@@ -1,0 +1,112 @@
+"""Every setting pushapp reads from the environment, in one place.
+
+Defaults keep the seed's channel names, so business servers written for the seed work
+unchanged. ``Config.from_env()`` is the only reader of ``os.environ`` for settings; the
+table in the README lists the same names.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any, Callable
+
+
+class ConfigError(ValueError):
+    """A setting has a value pushapp cannot use; the message names the variable."""
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError("expected one of " + ", ".join(allowed))
+        return text
+
+    return parse
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    return parse
+
+
+def _origins(text: str) -> list[str] | str:
+    text = text.strip()
+    if text == "*":
+        return "*"
+    return [origin.strip() for origin in text.split(",") if origin.strip()]
+
+
+def _field(env: str, default: Any, parse: Callable[[str], Any] = str, doc: str = "") -> Any:
+    return dataclasses.field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The gateway's settings. Build with ``Config.from_env()`` or directly in code."""
+
+    redis_url: str = _field(
+        "REDIS_URL", "", doc="Redis to use; unset: the run command starts an embedded one")
+    data_dir: str = _field(
+        "PUSHAPP_DATA_DIR", "var", doc="where the embedded Redis keeps its AOF and socket")
+    key_prefix: str = _field("KEY_PREFIX", "pushapp:", doc="prefix of every Redis key and "
+                             "internal channel pushapp owns")
+
+    channel_snschat: str = _field("CHANNEL_SNSCHAT", "snschat")
+    channel_notification: str = _field("CHANNEL_NOTIFICATION", "notification")
+    channel_login: str = _field("CHANNEL_LOGIN", "login_message_channel")
+    channel_chat_filter: str = _field("CHANNEL_CHAT_FILTER", "chat_filter_channel")
+    channel_chat_history: str = _field("CHANNEL_CHAT_HISTORY", "chat_message_history_channel")
+    channel_chat_push: str = _field("CHANNEL_CHAT_PUSH", "chat_message_channel")
+    channel_geo: str = _field("CHANNEL_GEO", "geo")
+
+    chat_filter: str = _field("CHAT_FILTER", "external", _choice("external", "direct"))
+    auth_mode: str = _field("AUTH_MODE", "insecure", _choice("insecure"))
+    push_delay: float = _field("PUSH_DELAY", 120.0, _positive(float))
+    store_max_entries: int = _field("STORE_MAX_ENTRIES", 1000, _positive(int))
+    store_max_age: int = _field("STORE_MAX_AGE", 30 * 24 * 3600, _positive(int))
+    chat_batch_max: int = _field("CHAT_BATCH_MAX", 200, _positive(int))
+    max_event_bytes: int = _field("MAX_EVENT_BYTES", 64 * 1024, _positive(int))
+    max_frame_bytes: int = _field("MAX_FRAME_BYTES", 1_000_000, _positive(int))
+    max_recipients: int = _field("MAX_RECIPIENTS", 10_000, _positive(int))
+    max_user_id_length: int = _field("MAX_USER_ID_LENGTH", 128, _positive(int))
+
+    ping_interval: float = _field("PING_INTERVAL", 60.0, _positive(float))
+    ping_timeout: float = _field("PING_TIMEOUT", 30.0, _positive(float))
+    cors_allowed_origins: Any = _field("CORS_ALLOWED_ORIGINS", "*", _origins)
+
+    redis_max_connections: int = _field("REDIS_MAX_CONNECTIONS", 200, _positive(int))
+    redis_pool_timeout: float = _field("REDIS_POOL_TIMEOUT", 5.0, _positive(float))
+    lease_ttl: float = _field("LEASE_TTL", 5.0, _positive(float))
+    log_level: str = _field("LOG_LEVEL", "INFO",
+                            _choice("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    bind: str = _field("BIND", "127.0.0.1:5000", doc="gunicorn's listen address")
+    workers: int = _field("WORKERS", 1, _positive(int))
+    worker_connections: int = _field("WORKER_CONNECTIONS", 50_000, _positive(int))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+        """Read every field from ``environ`` (default ``os.environ``); unset keeps the default."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = field.metadata["env"]
+            raw = environ.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[field.name] = field.metadata["parse"](raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}={raw!r}: {exc}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    def key(self, *parts: str) -> str:
+        """A Redis key (or internal channel) under ``key_prefix``."""
+        return self.key_prefix + ":".join(parts)

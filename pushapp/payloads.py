@@ -1,0 +1,108 @@
+"""Checks on everything that arrives, from clients and from business servers.
+
+Each check either returns the cleaned value or raises ``PayloadError`` with a reason a
+developer can act on; callers turn that into an error ack, an HTTP answer or a log line.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import orjson
+
+
+class PayloadError(ValueError):
+    """The payload cannot be used; ``str()`` of it is the reason sent back."""
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def parse_object(data: bytes | str, what: str = "message") -> dict:
+    """A JSON object from text, or a reason why not."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise PayloadError(f"{what} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise PayloadError(f"{what} must be a JSON object, not {_kind(value)}")
+    return value
+
+
+def event_object(args: tuple, max_bytes: int) -> tuple[dict, bytes]:
+    """The single object argument of a client event, and its JSON encoding.
+
+    Clients of the seed's era sometimes send the object as a JSON string; both are taken.
+    """
+    if not args:
+        raise PayloadError("payload missing: expected a JSON object")
+    value = args[0]
+    if isinstance(value, str):
+        if len(value) > max_bytes:
+            raise PayloadError(f"payload too large: over {max_bytes} bytes")
+        value = parse_object(value, "payload")
+    if not isinstance(value, dict):
+        raise PayloadError(f"payload must be a JSON object, not {_kind(value)}")
+    raw = orjson.dumps(value)
+    if len(raw) > max_bytes:
+        raise PayloadError(f"payload too large: {len(raw)} bytes, the limit is {max_bytes}")
+    return value, raw
+
+
+def user_id(value: Any, field: str, max_length: int) -> str:
+    """A user id as text. Ids may be JSON strings or integers, as the seed's apps send them."""
+    if value is None:
+        raise PayloadError(f"{field} is missing")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise PayloadError(f"{field} must be a string or an integer, not {_kind(value)}")
+    text = str(value)
+    if not text.strip():
+        raise PayloadError(f"{field} must not be empty")
+    if len(text) > max_length:
+        raise PayloadError(f"{field} is longer than {max_length} characters")
+    return text
+
+
+def optional_text(value: Any, field: str, max_length: int) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise PayloadError(f"{field} must be a string, not {_kind(value)}")
+    text = str(value)
+    if len(text) > max_length:
+        raise PayloadError(f"{field} is longer than {max_length} characters")
+    return text
+
+
+def same_user(payload: dict, field: str, user: str) -> None:
+    """A client may repeat its own id in a payload, never another one (seed bug 5)."""
+    if field in payload and str(payload[field]) != user:
+        raise PayloadError(f"{field} does not match the logged-in user")
+
+
+class Notification(NamedTuple):
+    users: list[str]
+    need_store: bool
+
+
+def notification(message: dict, max_recipients: int, max_id_length: int) -> Notification:
+    """Recipients (in order, without repeats) and whether to store, of a notification."""
+    users = message.get("toWho")
+    if users is None:
+        raise PayloadError("toWho is missing")
+    if not isinstance(users, list):
+        raise PayloadError(f"toWho must be a list of user ids, not {_kind(users)}")
+    if len(users) > max_recipients:
+        raise PayloadError(f"toWho has {len(users)} recipients, the limit is {max_recipients}")
+    clean = list(dict.fromkeys(user_id(u, "toWho[]", max_id_length) for u in users))
+    need_store = message.get("needStore", False)
+    if need_store in (0, 1) and not isinstance(need_store, float):
+        return Notification(clean, bool(need_store))
+    raise PayloadError(f"needStore must be true or false, not {_kind(need_store)}")
+
+
+def _kind(value: Any) -> str:
+    return {
+        dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+        int: "a number", float: "a number", type(None): "null",
+    }.get(type(value), type(value).__name__)

@@ -1,0 +1,70 @@
+"""Messages from business servers: store them, then signal the node holding each recipient.
+
+The pub/sub listener, ``CHAT_FILTER=direct`` chats and (later) the HTTP API all enter here,
+so a message is handled the same way whichever way it came in. Signals to another worker
+go over that worker's own channel, ``<prefix>node:<node>``.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+from . import payloads
+from .config import Config
+from .delivery import CHAT, NOTIF, Delivery
+from .store import Placement, Store
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    def __init__(self, config: Config, store: Store, delivery: Delivery) -> None:
+        self.config = config
+        self.store = store
+        self.delivery = delivery
+        self.node = delivery.node
+
+    def chat(self, message: dict, raw: bytes) -> dict[str, Placement]:
+        """A chat as on ``snschat``: store for ``to``, archive, deliver or ask for a push.
+        Returns, per recipient, the stored id and the node it was online at."""
+        to = payloads.user_id(message.get("to"), "to", self.config.max_user_id_length)
+        placement = self.store.store_chat(to, raw)
+        if placement.node is None:
+            self.delivery.push(to)
+        else:
+            self._signal(placement.node, {"k": CHAT, "u": [to]})
+        return {to: placement}
+
+    def notification(self, message: dict, raw: bytes) -> dict[str, Placement]:
+        """A notification as on ``notification``: store per recipient if asked, deliver to
+        those online."""
+        users, need_store = payloads.notification(
+            message, self.config.max_recipients, self.config.max_user_id_length)
+        placements = self.store.store_notification(users, raw, need_store)
+        by_node: dict[str, list[str]] = defaultdict(list)
+        for user, placement in zip(users, placements):
+            if placement.node is not None:
+                by_node[placement.node].append(user)
+        for node, online in by_node.items():
+            if need_store:
+                self._signal(node, {"k": NOTIF, "u": online})
+            else:
+                self._signal(node, {"k": 0, "u": online, "m": raw.decode()})
+        return dict(zip(users, placements))
+
+    def _signal(self, node: str, signal: dict[str, Any]) -> None:
+        if node == self.node:
+            self.on_signal(signal)
+        else:
+            self.store.publish(self.config.key("node", node), payloads.dumps(signal))
+
+    def on_signal(self, signal: dict[str, Any]) -> None:
+        """A signal for this node, from itself or from the node that stored a message."""
+        kind = signal["k"]
+        if kind == "kick":
+            self.delivery.kick(signal["u"], signal["s"], signal["l"])
+        elif kind == 0:
+            self.delivery.deliver_unstored(signal["u"], signal["m"])
+        else:
+            self.delivery.deliver(kind, signal["u"])

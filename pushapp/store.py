@@ -1,0 +1,235 @@
+"""Everything pushapp keeps in Redis, each change one atomic step.
+
+Per user and kind (``chat``, ``notif``) a Redis Stream holds the pending messages: the
+stream id is the message's unique, ordered id, XADD/XDEL change one entry without reading
+the rest, and MAXLEN/MINID bound it. Steps that must happen together (store, trim, expire,
+archive, look up where the user is) run as one Lua script. Presence is one hash, user ->
+``[node, sid, device, since_ms]``; a node counts only while its heartbeat in the ``nodes``
+hash is fresh, so users of a crashed worker read as offline.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import orjson
+import redis
+
+from .config import Config
+
+KINDS = ("chat", "notif")
+
+_LIVE_NODE = """
+local function live_node(user, now)
+  local v = redis.call('HGET', KEYS[1], user)
+  if not v then return false end
+  local node = cjson.decode(v)[1]
+  local expiry = redis.call('HGET', KEYS[2], node)
+  if expiry and tonumber(expiry) >= now then return node end
+  return false
+end
+local function append(stream, raw, maxlen, minid, ttl)
+  local id = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'm', raw)
+  redis.call('XTRIM', stream, 'MINID', minid)
+  redis.call('PEXPIRE', stream, ttl)
+  return id
+end
+"""
+
+# KEYS: online, nodes, stream. ARGV: raw, user, maxlen, minid, ttl_ms, now_ms, history channel.
+_STORE_CHAT = _LIVE_NODE + """
+local id = append(KEYS[3], ARGV[1], ARGV[3], ARGV[4], ARGV[5])
+redis.call('PUBLISH', ARGV[7], ARGV[1])
+return {id, live_node(ARGV[2], tonumber(ARGV[6]))}
+"""
+
+# KEYS: online, nodes, one stream per user (when stored). ARGV: raw, store?, maxlen, minid,
+# ttl_ms, now_ms, users... Returns a flat list: id (or false), node (or false) per user.
+_STORE_NOTIFICATION = _LIVE_NODE + """
+local out = {}
+local now = tonumber(ARGV[6])
+for i = 7, #ARGV do
+  local id = false
+  if ARGV[2] == '1' then
+    id = append(KEYS[i - 4], ARGV[1], ARGV[3], ARGV[4], ARGV[5])
+  end
+  out[#out + 1] = id
+  out[#out + 1] = live_node(ARGV[i], now)
+end
+return out
+"""
+
+# KEYS: online. ARGV: user, value. Returns the value it replaced.
+_BIND = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return old
+"""
+
+# KEYS: online. ARGV: user, sid. Unbinds only the socket that is still bound.
+_UNBIND = """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and cjson.decode(v)[2] == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+# KEYS: lease. ARGV: node, ttl_ms. Renews the lease this node holds or takes a free one.
+_HOLD_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: lease. ARGV: expected holder. Deletes the lease only if it is still that holder's.
+_DROP_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Entry(NamedTuple):
+    """One stored message: its stream id and the JSON text as it was published."""
+
+    id: str
+    raw: bytes
+
+
+class Placement(NamedTuple):
+    """Where a message went for one user: its stored id (None if not stored) and the node
+    that holds the user's socket (None when offline)."""
+
+    id: str | None
+    node: str | None
+
+
+class Presence(NamedTuple):
+    node: str
+    sid: str
+    device: str
+    since_ms: int
+
+    def encode(self) -> bytes:
+        return orjson.dumps(list(self))
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> "Presence | None":
+        return None if raw is None else cls(*orjson.loads(raw))
+
+
+def connect(config: Config) -> redis.Redis:
+    """A client with a bounded pool that waits for a free connection instead of failing
+    (redis-py's default pool raises once 100 connections are busy)."""
+    pool = redis.BlockingConnectionPool.from_url(
+        config.redis_url,
+        max_connections=config.redis_max_connections,
+        timeout=config.redis_pool_timeout,
+        health_check_interval=30,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Store:
+    """Redis operations of the gateway; none reads a value to write it back from Python."""
+
+    def __init__(self, config: Config, client: redis.Redis) -> None:
+        self.config = config
+        self.redis = client
+        self.online_key = config.key("online")
+        self.nodes_key = config.key("nodes")
+        self.lease_key = config.key("ingest-lease")
+        self._store_chat = client.register_script(_STORE_CHAT)
+        self._store_notification = client.register_script(_STORE_NOTIFICATION)
+        self._bind = client.register_script(_BIND)
+        self._unbind = client.register_script(_UNBIND)
+        self._hold_lease = client.register_script(_HOLD_LEASE)
+        self._drop_lease = client.register_script(_DROP_LEASE)
+
+    def stream_key(self, kind: str, user: str) -> str:
+        return self.config.key(kind, user)
+
+    def _limits(self) -> tuple[int, str, int, int]:
+        now_ms = int(time.time() * 1000)
+        max_age_ms = self.config.store_max_age * 1000
+        return self.config.store_max_entries, f"{now_ms - max_age_ms}-0", max_age_ms, now_ms
+
+    def store_chat(self, user: str, raw: bytes) -> Placement:
+        """Store a chat for ``user``, publish it to the archive channel, and say where the
+        user is, in one step."""
+        maxlen, minid, ttl, now = self._limits()
+        msg_id, node = self._store_chat(
+            keys=[self.online_key, self.nodes_key, self.stream_key("chat", user)],
+            args=[raw, user, maxlen, minid, ttl, now, self.config.channel_chat_history],
+        )
+        return Placement(_text(msg_id), node and _text(node))
+
+    def store_notification(self, users: Sequence[str], raw: bytes, store: bool) -> list[Placement]:
+        """Store a notification for each user (if ``store``) and say where each user is."""
+        maxlen, minid, ttl, now = self._limits()
+        streams = [self.stream_key("notif", user) for user in users] if store else []
+        flat = self._store_notification(
+            keys=[self.online_key, self.nodes_key, *streams],
+            args=[raw, "1" if store else "0", maxlen, minid, ttl, now, *users],
+        )
+        return [Placement(i and _text(i), n and _text(n)) for i, n in zip(flat[::2], flat[1::2])]
+
+    def read(self, kind: str, user: str, after: str | None, count: int) -> list[Entry]:
+        """Pending messages of ``user``, oldest first, after id ``after`` (exclusive)."""
+        start = "(" + after if after else "-"
+        rows = self.redis.xrange(self.stream_key(kind, user), start, "+", count=count)
+        return [Entry(_text(msg_id), fields[b"m"]) for msg_id, fields in rows]
+
+    def pending_count(self, kind: str, user: str) -> int:
+        return self.redis.xlen(self.stream_key(kind, user))
+
+    def remove(self, kind: str, user: str, ids: Iterable[str]) -> int:
+        """Remove exactly these messages; others, stored meanwhile, stay."""
+        ids = list(ids)
+        return self.redis.xdel(self.stream_key(kind, user), *ids) if ids else 0
+
+    def bind(self, user: str, presence: Presence) -> Presence | None:
+        """Make ``presence`` the user's socket; returns the one it replaced."""
+        return Presence.decode(self._bind(keys=[self.online_key], args=[user, presence.encode()]))
+
+    def unbind(self, user: str, sid: str) -> bool:
+        """Forget the user's socket, unless another socket has replaced ``sid`` already."""
+        return bool(self._unbind(keys=[self.online_key], args=[user, sid]))
+
+    def presence(self, user: str) -> Presence | None:
+        return Presence.decode(self.redis.hget(self.online_key, user))
+
+    def heartbeat(self, node: str, ttl: float) -> None:
+        """Tell every node that ``node`` is alive for ``ttl`` more seconds."""
+        self.redis.hset(self.nodes_key, node, int((time.time() + ttl) * 1000))
+
+    def forget_node(self, node: str) -> None:
+        self.redis.hdel(self.nodes_key, node)
+
+    def hold_lease(self, node: str, ttl: float) -> bool:
+        """Renew or take the ingest lease: the one node that stores channel messages."""
+        return bool(self._hold_lease(keys=[self.lease_key], args=[node, int(ttl * 1000)]))
+
+    def lease_holder(self) -> str | None:
+        holder = self.redis.get(self.lease_key)
+        return holder and _text(holder)
+
+    def drop_lease(self, holder: str) -> bool:
+        return bool(self._drop_lease(keys=[self.lease_key], args=[holder]))
+
+    def publish(self, channel: str, data: bytes | str) -> None:
+        self.redis.publish(channel, data)
