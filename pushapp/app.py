@@ -11,7 +11,7 @@ from . import web
 from .bridge import Bridge, node_name
 from .config import Config, ConfigError
 from .delivery import Delivery
-from .events import AckAwareServer, Events
+from .events import GatewayServer, Events
 from .routing import Router
 from .store import Store, connect
 
@@ -56,7 +56,7 @@ def create_app(config: Config | None = None) -> Flask:
         logger=False,
         engineio_logger=False,
     )
-    socketio.server.__class__ = AckAwareServer
+    GatewayServer.adopt(socketio.server)
 
     store = Store(config, connect(config))
     delivery = Delivery(config, store, socketio.server, node_name())

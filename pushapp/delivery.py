@@ -66,7 +66,8 @@ class Delivery:
                 "this socket is logged in as another user; reconnect to switch users")
         if conn is None:
             conn = Conn(sid, who.user, who.device)
-        conn.device = who.device
+        # A login asks for everything pending, also what this socket was sent unacked.
+        conn.device, conn.chat_cursor, conn.notif_cursor = who.device, None, None
         old = self.store.bind(who.user, Presence(self.node, sid, who.device, _now_ms()))
         self.by_sid[sid] = conn
         self.by_user[who.user] = conn

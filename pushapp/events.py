@@ -30,9 +30,29 @@ log = logging.getLogger(__name__)
 _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack", default=False)
 
 
-class AckAwareServer(socketio.Server):
-    """Records whether the client asked for an ack, so that a handler can answer an error
-    as the ack when there is one and as an ``error`` event when there is not."""
+class GatewayServer(socketio.Server):
+    """python-socketio's server with two changes for untrusted clients.
+
+    It records whether the client asked for an ack, so that a handler can answer an error
+    as the ack when there is one and as an ``error`` event when there is not. And a packet
+    that cannot be decoded costs one log line instead of a traceback, so garbage from a
+    client cannot flood the log; the socket stays connected.
+    """
+
+    @classmethod
+    def adopt(cls, server: socketio.Server) -> None:
+        """Turn the server Flask-SocketIO built into this class. Flask-SocketIO offers no way
+        to pass a server class; the Engine.IO message handler was bound at construction,
+        so it is bound again."""
+        server.__class__ = cls
+        server.eio.on("message", server._handle_eio_message)
+
+    def _handle_eio_message(self, eio_sid, data):
+        try:
+            return super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, IndexError, KeyError, RecursionError) as exc:
+            log.warning("dropped a malformed packet from eio_sid=%s: %s: %.100r",
+                        eio_sid, type(exc).__name__, data)
 
     def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):  # noqa: A002
         token = _ack_requested.set(id is not None)

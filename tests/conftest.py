@@ -1,0 +1,102 @@
+"""Fixtures: real redis-server processes and real gunicorn gateways, started per session.
+
+Each gateway gets a Redis of its own, because pub/sub channels are shared by every
+database of a server and two gateways must not both take one channel message.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from pushapp.embedded_redis import EmbeddedRedis, free_port
+from support import Client, Gateway, Subscriber, uid
+
+SEED_CHANNELS = ("login_message_channel", "chat_filter_channel", "chat_message_history_channel",
+                 "chat_message_channel", "geo")
+
+
+@pytest.fixture(scope="session")
+def start_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], EmbeddedRedis]]:
+    """Start a throwaway redis-server (the embedded default's binary) on a free port."""
+    servers: list[EmbeddedRedis] = []
+
+    def start() -> EmbeddedRedis:
+        server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port())
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def start_gateway(start_redis: Callable[[], EmbeddedRedis],
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Gateway]]:
+    """Start gunicorn serving pushapp with these environment settings, on its own Redis."""
+    gateways: list[Gateway] = []
+
+    def start(**env: Any) -> Gateway:
+        log = tmp_path_factory.mktemp("gateway") / "gunicorn.log"
+        gateway = Gateway(start_redis(), log, **env)
+        gateways.append(gateway)
+        return gateway.start()
+
+    yield start
+    for gateway in gateways:
+        gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(start_gateway: Callable[..., Gateway]) -> Iterator[Gateway]:
+    """The gateway as the seed's users run it (external chat filter), with a short push
+    delay so the no-ack push can be seen. After every test it must still be the same
+    worker, with no traceback in its log, whatever the tests threw at it."""
+    gateway = start_gateway(PUSH_DELAY=1.5)
+    yield gateway
+    gateway.assert_unharmed()
+
+
+@pytest.fixture(scope="session")
+def direct_gateway(start_gateway: Callable[..., Gateway]) -> Gateway:
+    """A gateway with every knob turned: direct chat routing, its own channel names and key
+    prefix, and small storage limits."""
+    return start_gateway(
+        CHAT_FILTER="direct", KEY_PREFIX="px:", CHANNEL_SNSCHAT="in_chat",
+        CHANNEL_NOTIFICATION="in_notify", CHANNEL_LOGIN="out_login",
+        CHANNEL_CHAT_HISTORY="out_history", CHANNEL_CHAT_PUSH="out_push",
+        CHANNEL_CHAT_FILTER="out_filter", CHANNEL_GEO="out_geo",
+        STORE_MAX_ENTRIES=5, STORE_MAX_AGE=2, MAX_EVENT_BYTES=2048,
+        PING_INTERVAL=7, PING_TIMEOUT=4,
+    )
+
+
+@pytest.fixture
+def channels(gateway: Gateway) -> Iterator[Subscriber]:
+    subscriber = Subscriber(gateway.redis_server.url, *SEED_CHANNELS)
+    yield subscriber
+    subscriber.close()
+
+
+@pytest.fixture
+def clients(gateway: Gateway) -> Iterator[Callable[..., Client]]:
+    """Make clients of the default gateway; all are closed after the test."""
+    made: list[Client] = []
+
+    def make(**kwargs: Any) -> Client:
+        client = gateway.client(**kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def user() -> str:
+    return uid()

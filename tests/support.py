@@ -1,0 +1,346 @@
+"""Real parts for the tests: a gunicorn gateway process, Redis subscribers, and two
+Socket.IO clients over real sockets (python-socketio's, and a raw Engine.IO v4 one that
+can hold an ack back, send garbage, or drop the connection without a goodbye)."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import redis
+import requests
+import socketio
+import websocket
+
+from pushapp.embedded_redis import EmbeddedRedis, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+WAIT = 10.0
+
+
+def uid(prefix: str = "u") -> str:
+    """A user id no other test uses, so tests share a gateway without seeing each other."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def wait_for(check: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Gateway:
+    """pushapp under gunicorn, as deployed: ``gunicorn -c gunicorn.conf.py wsgi:app``."""
+
+    def __init__(self, redis_server: EmbeddedRedis, log_path: Path, **env: Any) -> None:
+        self.redis_server = redis_server
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "BIND": f"127.0.0.1:{self.port}",
+            "REDIS_URL": redis_server.url,
+            "LOG_LEVEL": "INFO",
+            **{key: str(value) for key, value in env.items()},
+        }
+        self.prefix = self.env.get("KEY_PREFIX", "pushapp:")
+        self.redis = redis.Redis.from_url(redis_server.url)
+        self.process: subprocess.Popen | None = None
+        self.node = ""
+
+    def start(self) -> "Gateway":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.node = self.wait_ready()["node"]
+        return self
+
+    def assert_unharmed(self) -> None:
+        """The worker that started is still the one serving, and nothing raised in it."""
+        assert self.wait_ready()["node"] == self.node, "the worker died and was replaced"
+        assert "Traceback" not in self.log_text(), self.log_tail(80)
+
+    def wait_ready(self, timeout: float = 30.0) -> dict:
+        def ready() -> dict | None:
+            if self.process.poll() is not None:
+                raise AssertionError(f"gunicorn exited with {self.process.returncode}:\n"
+                                     + self.log_tail())
+            try:
+                answer = requests.get(self.url + "/health/ready", timeout=1)
+            except requests.RequestException:
+                return None
+            return answer.json() if answer.status_code == 200 else None
+
+        try:
+            return wait_for(ready, timeout, "the gateway to be ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log_tail()}") from None
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def publish(self, channel: str, message: Any) -> None:
+        data = message if isinstance(message, (bytes, str)) else json.dumps(message)
+        self.redis.publish(channel, data)
+
+    def pending(self, kind: str, user: str) -> list[dict]:
+        """What the store holds for ``user`` (kind ``chat`` or ``notif``), oldest first."""
+        return [json.loads(fields[b"m"]) for _, fields in self.redis.xrange(self.key(kind, user))]
+
+    def presence(self, user: str) -> list | None:
+        raw = self.redis.hget(self.key("online"), user)
+        return None if raw is None else json.loads(raw)
+
+    def client(self, **kwargs: Any) -> "Client":
+        return Client(self.url, **kwargs)
+
+    def raw(self) -> "RawClient":
+        return RawClient(self.port)
+
+
+class Subscriber:
+    """Listens on Redis channels in a thread, as a business server would."""
+
+    def __init__(self, redis_url: str, *channels: str) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(*channels)
+        self.messages: queue.Queue = queue.Queue()
+        self.seen: list[tuple[str, Any]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for message in self.pubsub.listen():
+                self.messages.put((message["channel"].decode(), message["data"].decode()))
+        except (redis.RedisError, ValueError, AttributeError):
+            return
+
+    def expect(self, channel: str, match: Callable[[Any], bool] = lambda m: True,
+               timeout: float = WAIT) -> Any:
+        """The first message on ``channel`` (decoded from JSON) that ``match`` accepts."""
+        for index, (seen_channel, value) in enumerate(self.seen):
+            if seen_channel == channel and match(value):
+                del self.seen[index]
+                return value
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"nothing matching on {channel} within {timeout}s; "
+                                     f"seen: {self.seen[-10:]}")
+            try:
+                seen_channel, data = self.messages.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            value = json.loads(data)
+            if seen_channel == channel and match(value):
+                return value
+            self.seen.append((seen_channel, value))
+
+    def close(self) -> None:
+        self.pubsub.close()
+        self.client.close()
+
+
+class Client:
+    """python-socketio's client, recording every event it gets. ``chat`` is acked with a
+    count decided by ``chat_ack`` (default: the whole batch), ``notification`` with 1."""
+
+    def __init__(self, url: str, transports: tuple[str, ...] = ("websocket",),
+                 chat_ack: Callable[[list], Any] = len, connect: bool = True) -> None:
+        self.url = url
+        self.transports = list(transports)
+        self.chat_ack = chat_ack
+        self.events: queue.Queue = queue.Queue()
+        self.backlog: list[tuple[str, Any]] = []
+        self.sio = socketio.Client(reconnection=False)
+        for name in ("chat", "notification", "logout", "error"):
+            self.sio.on(name, self._recorder(name))
+        self.sio.on("disconnect", lambda *args: self.events.put(("disconnect", None)))
+        if connect:
+            self.connect()
+
+    def _recorder(self, name: str) -> Callable[..., Any]:
+        def record(*args: Any) -> Any:
+            data = args[0] if args else None
+            self.events.put((name, data))
+            if name == "chat":
+                return self.chat_ack(json.loads(data))
+            if name == "notification":
+                return 1
+            return None
+
+        return record
+
+    def connect(self) -> "Client":
+        self.sio.connect(self.url, transports=self.transports, wait_timeout=WAIT)
+        return self
+
+    def login(self, user: str, device: str = "dev-1", **extra: Any) -> Any:
+        return self.sio.call("login", {"myAuraId": user, "deviceId": device, **extra},
+                             timeout=WAIT)
+
+    def call(self, event: str, *args: Any) -> Any:
+        return self.sio.call(event, *args, timeout=WAIT) if args else \
+            self.sio.call(event, timeout=WAIT)
+
+    def expect(self, name: str, match: Callable[[Any], bool] = lambda d: True,
+               timeout: float = WAIT) -> Any:
+        """The next event ``name`` whose data ``match`` accepts (others are kept)."""
+        for index, (seen, data) in enumerate(self.backlog):
+            if seen == name and match(data):
+                del self.backlog[index]
+                return data
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {name} event within {timeout}s; got {self.backlog}")
+            try:
+                seen, data = self.events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if seen == name and match(data):
+                return data
+            self.backlog.append((seen, data))
+
+    def expect_chats(self, count: int, timeout: float = WAIT) -> list[dict]:
+        """Chat messages from as many ``chat`` batches as it takes to get ``count``."""
+        messages: list[dict] = []
+        while len(messages) < count:
+            messages += json.loads(self.expect("chat", timeout=timeout))
+        return messages
+
+    def quiet(self, name: str, seconds: float) -> None:
+        """Assert that no ``name`` event arrives for ``seconds``."""
+        try:
+            data = self.expect(name, timeout=seconds)
+        except AssertionError:
+            return
+        raise AssertionError(f"unexpected {name} event: {data!r}")
+
+    def close(self) -> None:
+        self.sio.disconnect()
+
+
+class RawClient:
+    """A Socket.IO v4 client speaking the frames itself over a real websocket."""
+
+    def __init__(self, port: int) -> None:
+        self.ws = websocket.create_connection(
+            f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket", timeout=WAIT)
+        opening = self.ws.recv()
+        assert opening.startswith("0"), opening
+        self.handshake = json.loads(opening[1:])
+        self.ws.send("40")
+        connected = self.ws.recv()
+        assert connected.startswith("40"), connected
+        self.sid = json.loads(connected[2:])["sid"]
+        self._ids = itertools.count(1)
+        self._acks: dict[int, queue.Queue] = {}
+        self.events: queue.Queue = queue.Queue()
+        self.closed = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                frame = self.ws.recv()
+                if not frame:
+                    break
+                if frame == "2":
+                    self.ws.send("3")
+                elif frame.startswith("43"):
+                    ack_id, data = _split_id(frame[2:])
+                    self._acks.pop(ack_id, queue.Queue()).put(data)
+                elif frame.startswith("42"):
+                    ack_id, data = _split_id(frame[2:])
+                    self.events.put((data[0], data[1:], ack_id))
+                elif frame.startswith("41") or frame.startswith("1"):
+                    break
+        except (websocket.WebSocketException, OSError):
+            pass
+        self.closed.set()
+
+    def emit(self, event: str, *args: Any) -> None:
+        self.ws.send("42" + json.dumps([event, *args]))
+
+    def call(self, event: str, *args: Any, timeout: float = WAIT) -> list:
+        ack_id = next(self._ids)
+        answer: queue.Queue = queue.Queue()
+        self._acks[ack_id] = answer
+        self.ws.send(f"42{ack_id}" + json.dumps([event, *args]))
+        return answer.get(timeout=timeout)
+
+    def send_raw(self, frame: str) -> None:
+        self.ws.send(frame)
+
+    def expect(self, name: str, timeout: float = WAIT) -> tuple[list, int | None]:
+        """The next event ``name``: its arguments and the ack id to answer it with."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {name} event within {timeout}s")
+            try:
+                event, args, ack_id = self.events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if event == name:
+                return args, ack_id
+
+    def ack(self, ack_id: int, *args: Any) -> None:
+        self.ws.send(f"43{ack_id}" + json.dumps(list(args)))
+
+    def drop(self) -> None:
+        """Cut the connection without a disconnect packet, as a lost network would."""
+        self.ws.sock.shutdown(2)
+        self.ws.sock.close()
+
+    def close(self) -> None:
+        try:
+            self.ws.send("41")
+            self.ws.close()
+        except (websocket.WebSocketException, OSError):
+            pass
+
+
+def _split_id(text: str) -> tuple[int | None, list]:
+    digits = len(text) - len(text.lstrip("0123456789"))
+    return (int(text[:digits]) if digits else None), json.loads(text[digits:])
