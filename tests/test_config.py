@@ -1,0 +1,43 @@
+"""Configuration from the environment: defaults are the seed's, bad values are named."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pushapp.config import Config, ConfigError
+
+
+def test_defaults_keep_the_seeds_names_and_timings():
+    config = Config.from_env({})
+    assert (config.channel_snschat, config.channel_notification, config.channel_login,
+            config.channel_chat_filter, config.channel_chat_history, config.channel_chat_push,
+            config.channel_geo) == ("snschat", "notification", "login_message_channel",
+                                    "chat_filter_channel", "chat_message_history_channel",
+                                    "chat_message_channel", "geo")
+    assert config.push_delay == 120.0
+    assert config.chat_filter == "external"
+    assert config.worker_connections > 1000
+
+
+def test_every_field_is_read_from_its_variable():
+    names = [field.metadata["env"] for field in dataclasses.fields(Config)]
+    assert len(names) == len(set(names))
+    config = Config.from_env({"PUSH_DELAY": "2.5", "STORE_MAX_ENTRIES": "7",
+                              "CHAT_FILTER": "direct", "CORS_ALLOWED_ORIGINS": "https://a, https://b",
+                              "KEY_PREFIX": "t:"})
+    assert (config.push_delay, config.store_max_entries, config.chat_filter) == (2.5, 7, "direct")
+    assert config.cors_allowed_origins == ["https://a", "https://b"]
+    assert config.key("chat", "u1") == "t:chat:u1"
+
+
+@pytest.mark.parametrize("name,value,says", [
+    ("PUSH_DELAY", "soon", "PUSH_DELAY='soon'"),
+    ("PUSH_DELAY", "0", "must be greater than 0"),
+    ("STORE_MAX_ENTRIES", "-3", "must be greater than 0"),
+    ("CHAT_FILTER", "maybe", "expected one of external, direct"),
+    ("LOG_LEVEL", "loud", "expected one of"),
+])
+def test_bad_values_are_refused_with_the_variable_named(name, value, says):
+    with pytest.raises(ConfigError, match=says):
+        Config.from_env({name: value})
