@@ -27,6 +27,8 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+EVENTS = ("login", "chat", "hb", "geo")
+
 _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack", default=False)
 
 
@@ -72,10 +74,11 @@ class Events:
         self.server = server
 
     def register(self, sio: SocketIO) -> None:
-        for name in ("login", "chat", "hb", "geo"):
+        for name in EVENTS:
             sio.on_event(name, self._guard(name, getattr(self, "on_" + name)))
         sio.on_event("connect", self.on_connect)
         sio.on_event("disconnect", self.on_disconnect)
+        sio.on_event("*", self.on_unknown)
 
     def _guard(self, event: str, handler: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(handler)
@@ -112,6 +115,10 @@ class Events:
 
     def on_disconnect(self, reason: Any = None) -> None:
         self.delivery.disconnect(request.sid)
+
+    def on_unknown(self, event: Any, *args: Any) -> dict | None:
+        return self._reject(request.sid, str(event)[:64],
+                            "unknown event; the gateway takes " + ", ".join(EVENTS))
 
     def on_login(self, sid: str, *args: Any) -> int:
         userinfo, raw = payloads.event_object(args, self.config.max_event_bytes)

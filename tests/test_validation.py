@@ -71,6 +71,14 @@ def test_bad_payload_without_ack_gets_an_error_event(clients, user):
     _assert_alive(client)
 
 
+def test_unknown_events_get_an_error(clients):
+    client = clients()
+    assert "unknown event" in client.call("subscribe", {"room": 1})["error"]
+    client.sio.emit("whatever")
+    assert client.expect("error")["event"] == "whatever"
+    _assert_alive(client)
+
+
 def test_garbage_frames_leave_the_socket_and_worker_alive(gateway, user):
     raw = gateway.raw()
     for frame in ("42", "42[", "42{}", "42[1,2]", "4", "9", "42[\"chat\"", "42" + "[" * 5000):
