@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,10 @@ def test_every_field_is_read_from_its_variable():
 def test_bad_values_are_refused_with_the_variable_named(name, value, says):
     with pytest.raises(ConfigError, match=says):
         Config.from_env({name: value})
+
+
+def test_readme_documents_every_variable():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [field.metadata["env"] for field in dataclasses.fields(Config)
+               if f"| `{field.metadata['env']}` |" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"
