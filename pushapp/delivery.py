@@ -118,11 +118,15 @@ class Delivery:
         return conn.user if conn else None
 
     def deliver(self, kinds: int, users: list[str]) -> None:
-        """New stored messages of ``kinds`` wait for these users: send them to their sockets."""
+        """New stored messages of ``kinds`` wait for these users: send them to their sockets.
+        A chat for a user presence placed here but who has gone (just disconnected, or
+        whose unbind failed while Redis was away) asks for a mobile push instead."""
         for user in users:
             conn = self.by_user.get(user)
             if conn is not None:
                 self.flush(conn, kinds)
+            elif kinds & CHAT:
+                self.push(user)
 
     def deliver_unstored(self, users: list[str], raw: str) -> None:
         """A notification that is not stored: at most once, to whoever is here now."""

@@ -156,6 +156,14 @@ def test_snschat_to_offline_user_asks_for_a_mobile_push(gateway, channels, user)
     assert [m["text"] for m in gateway.pending("chat", user)] == ["are you there"]
 
 
+def test_chat_for_a_user_gone_from_its_worker_asks_for_a_mobile_push(gateway, channels, user):
+    # Presence left behind by a disconnect whose unbind failed (Redis away at the time).
+    gateway.redis.hset(gateway.key("online"), user,
+                       json.dumps([gateway.node, "gone-sid", "d", 1]))
+    gateway.publish("snschat", {"from": "bob", "to": user, "text": "anyone?"})
+    assert channels.expect("chat_message_channel", lambda m: m.get("toWho") == user)
+
+
 def test_unacked_chat_asks_for_a_mobile_push_after_the_delay(gateway, channels, user):
     raw = gateway.raw()
     raw.call("login", {"myAuraId": user, "deviceId": "d"})
