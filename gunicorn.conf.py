@@ -5,20 +5,25 @@ an embedded redis-server before the workers and stops it after them.
 """
 import os
 import resource
+import sys
 from pathlib import Path
 
-from pushapp.config import Config
+from pushapp.config import Config, ConfigError
 from pushapp.embedded_redis import EmbeddedRedis
 
-_config = Config.from_env()
+try:
+    _config = Config.from_env()
+except ConfigError as exc:
+    sys.exit(f"pushapp: {exc}")
 _root = Path(__file__).resolve().parent
 _embedded = None
 
 bind = _config.bind
 workers = _config.workers
-# gevent-websocket's worker: 3 greenlets and ~57 KB per connection against 4 and ~68 KB
-# for the plain gevent worker with simple-websocket (docs/deployment.md).
-worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+# gevent-websocket's worker (3 greenlets and ~57 KB per connection against 4 and ~68 KB
+# for the plain gevent worker with simple-websocket: docs/deployment.md), with a bound on
+# the size of websocket frames.
+worker_class = "pushapp.worker.GatewayWorker"
 # gunicorn's default of 1000 would cap a worker at 1000 sockets, /monitor included.
 worker_connections = _config.worker_connections
 graceful_timeout = 10

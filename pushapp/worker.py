@@ -1,0 +1,39 @@
+"""The gunicorn worker: gevent-websocket's, with a bound on websocket frame size.
+
+gevent-websocket reads a whole frame into memory before python-engineio can check its
+size, so one client announcing a 4 GB frame would make the worker try to buffer it. This
+handler refuses to read any frame larger than ``MAX_FRAME_BYTES``: the connection is
+closed instead.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
+from geventwebsocket.handler import WebSocketHandler
+
+from .config import Config
+
+
+def _bounded(read: Callable[[int], bytes], limit: int) -> Callable[[int], bytes]:
+    def read_frame_payload(count: int) -> bytes:
+        if count > limit:
+            raise OSError(f"websocket frame of {count} bytes exceeds {limit}")
+        return read(count)
+
+    return read_frame_payload
+
+
+class BoundedWebSocketHandler(WebSocketHandler):
+    max_frame_bytes = Config.from_env().max_frame_bytes
+
+    def upgrade_connection(self) -> Any:
+        result = super().upgrade_connection()
+        websocket = getattr(self, "websocket", None)
+        if websocket is not None:
+            websocket.raw_read = _bounded(websocket.raw_read, self.max_frame_bytes)
+        return result
+
+
+class GatewayWorker(GeventWebSocketWorker):
+    wsgi_handler = BoundedWebSocketHandler
