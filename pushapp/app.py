@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import gevent
+
 from flask import Flask
 from flask_socketio import SocketIO
 
@@ -27,7 +29,10 @@ class Gateway:
     router: Router
     bridge: Bridge
 
+    expiry_watch: gevent.Greenlet
+
     def close(self) -> None:
+        self.expiry_watch.kill(block=False)
         self.bridge.close()
 
 
@@ -65,6 +70,11 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(web.bp)
 
     bridge = Bridge(config, store, router)
-    app.extensions["pushapp"] = Gateway(config, socketio, store, delivery, router, bridge)
     bridge.start()
+    app.extensions["pushapp"] = Gateway(config, socketio, store, delivery, router, bridge,
+                                        gevent.spawn(delivery.watch_expiries))
+    if config.auth_mode == "insecure":
+        logging.getLogger(__name__).warning(
+            "AUTH_MODE=insecure: logins are trusted as sent (myAuraId), anyone can log in as "
+            "anyone. Use AUTH_MODE=jwt with a key in production.")
     return app

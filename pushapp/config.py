@@ -35,27 +35,25 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def _origins(text: str) -> list[str] | str:
-    text = text.strip()
-    if text == "*":
-        return "*"
-    return [origin.strip() for origin in text.split(",") if origin.strip()]
+    return "*" if text.strip() == "*" else list(_list(text))
 
 
-def _field(env: str, default: Any, parse: Callable[[str], Any] = str, doc: str = "") -> Any:
-    return dataclasses.field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+def _field(env: str, default: Any, parse: Callable[[str], Any] = str) -> Any:
+    return dataclasses.field(default=default, metadata={"env": env, "parse": parse})
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """The gateway's settings. Build with ``Config.from_env()`` or directly in code."""
 
-    redis_url: str = _field(
-        "REDIS_URL", "", doc="Redis to use; unset: the run command starts an embedded one")
-    data_dir: str = _field(
-        "PUSHAPP_DATA_DIR", "var", doc="where the embedded Redis keeps its AOF and socket")
-    key_prefix: str = _field("KEY_PREFIX", "pushapp:", doc="prefix of every Redis key and "
-                             "internal channel pushapp owns")
+    redis_url: str = _field("REDIS_URL", "")
+    data_dir: str = _field("PUSHAPP_DATA_DIR", "var")
+    key_prefix: str = _field("KEY_PREFIX", "pushapp:")
 
     channel_snschat: str = _field("CHANNEL_SNSCHAT", "snschat")
     channel_notification: str = _field("CHANNEL_NOTIFICATION", "notification")
@@ -66,19 +64,32 @@ class Config:
     channel_geo: str = _field("CHANNEL_GEO", "geo")
 
     chat_filter: str = _field("CHAT_FILTER", "external", _choice("external", "direct"))
-    auth_mode: str = _field("AUTH_MODE", "insecure", _choice("insecure"))
+    auth_mode: str = _field("AUTH_MODE", "jwt", _choice("jwt", "insecure"))
+    jwt_secret: str = _field("JWT_SECRET", "")
+    jwt_public_key_file: str = _field("JWT_PUBLIC_KEY_FILE", "")
+    jwt_jwks_file: str = _field("JWT_JWKS_FILE", "")
+    jwt_algorithms: tuple[str, ...] = _field("JWT_ALGORITHMS", (), _list)
+    jwt_audience: str = _field("JWT_AUDIENCE", "")
+    jwt_issuer: str = _field("JWT_ISSUER", "")
+    jwt_leeway: float = _field("JWT_LEEWAY", 30.0, float)
+    api_keys: tuple[str, ...] = _field("API_KEYS", (), _list)
+    rate_limit: float = _field("RATE_LIMIT", 20.0, _positive(float))
+    rate_burst: int = _field("RATE_BURST", 40, _positive(int))
+    rate_strikes: int = _field("RATE_STRIKES", 20, _positive(int))
+    max_connections_per_ip: int = _field("MAX_CONNECTIONS_PER_IP", 0, int)
     push_delay: float = _field("PUSH_DELAY", 120.0, _positive(float))
     store_max_entries: int = _field("STORE_MAX_ENTRIES", 1000, _positive(int))
     store_max_age: int = _field("STORE_MAX_AGE", 30 * 24 * 3600, _positive(int))
     chat_batch_max: int = _field("CHAT_BATCH_MAX", 200, _positive(int))
     max_event_bytes: int = _field("MAX_EVENT_BYTES", 64 * 1024, _positive(int))
-    max_frame_bytes: int = _field("MAX_FRAME_BYTES", 1_000_000, _positive(int))
+    max_frame_bytes: int = _field("MAX_FRAME_BYTES", 256 * 1024, _positive(int))
     max_recipients: int = _field("MAX_RECIPIENTS", 10_000, _positive(int))
     max_user_id_length: int = _field("MAX_USER_ID_LENGTH", 128, _positive(int))
 
     ping_interval: float = _field("PING_INTERVAL", 60.0, _positive(float))
     ping_timeout: float = _field("PING_TIMEOUT", 30.0, _positive(float))
-    cors_allowed_origins: Any = _field("CORS_ALLOWED_ORIGINS", "*", _origins)
+    # None: browsers only from the gateway's own origin; native apps send no Origin.
+    cors_allowed_origins: Any = _field("CORS_ALLOWED_ORIGINS", None, _origins)
 
     redis_max_connections: int = _field("REDIS_MAX_CONNECTIONS", 200, _positive(int))
     redis_pool_timeout: float = _field("REDIS_POOL_TIMEOUT", 5.0, _positive(float))
@@ -86,7 +97,7 @@ class Config:
     log_level: str = _field("LOG_LEVEL", "INFO",
                             _choice("DEBUG", "INFO", "WARNING", "ERROR"))
 
-    bind: str = _field("BIND", "127.0.0.1:5000", doc="gunicorn's listen address")
+    bind: str = _field("BIND", "127.0.0.1:5000")
     workers: int = _field("WORKERS", 1, _positive(int))
     worker_connections: int = _field("WORKER_CONNECTIONS", 50_000, _positive(int))
 
@@ -106,6 +117,16 @@ class Config:
                 raise ConfigError(f"{name}={raw!r}: {exc}") from None
         values.update(overrides)
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.auth_mode == "jwt" and not (
+                self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_file):
+            raise ConfigError(
+                "AUTH_MODE=jwt (the default) needs a key to check login tokens: set JWT_SECRET "
+                "(HS256), JWT_PUBLIC_KEY_FILE (RS256/ES256 PEM) or JWT_JWKS_FILE; or set "
+                "AUTH_MODE=insecure to trust the myAuraId clients send, as the seed did")
+        if self.max_frame_bytes < self.max_event_bytes:
+            raise ConfigError("MAX_FRAME_BYTES must not be below MAX_EVENT_BYTES")
 
     def key(self, *parts: str) -> str:
         """A Redis key (or internal channel) under ``key_prefix``."""

@@ -8,6 +8,7 @@ a lock, since it is the cheapest thing to hold at 100k connections.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from functools import partial
@@ -29,15 +30,18 @@ _KIND_NAMES = {CHAT: "chat", NOTIF: "notif"}
 
 
 class Conn:
-    """A logged-in socket. Kept small: one per connected user."""
+    """A connected socket; ``user`` is set by its login. Kept small: there is one per
+    connection."""
 
-    __slots__ = ("sid", "user", "device", "chat_cursor", "notif_cursor", "busy", "dirty",
-                 "unacked", "push_timer", "closed")
+    __slots__ = ("sid", "user", "device", "claims", "expires", "chat_cursor", "notif_cursor", "busy",
+                 "dirty", "unacked", "push_timer", "closed", "tokens", "stamp", "strikes")
 
-    def __init__(self, sid: str, user: str, device: str) -> None:
+    def __init__(self, sid: str, burst: int) -> None:
         self.sid = sid
-        self.user = user
-        self.device = device
+        self.user: str | None = None
+        self.device = ""
+        self.claims: Any = None
+        self.expires: float | None = None
         self.chat_cursor: str | None = None
         self.notif_cursor: str | None = None
         self.busy = 0
@@ -45,6 +49,9 @@ class Conn:
         self.unacked = 0
         self.push_timer: Any = None
         self.closed = False
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self.strikes = 0
 
 
 class Delivery:
@@ -57,19 +64,23 @@ class Delivery:
         self.node = node
         self.by_sid: dict[str, Conn] = {}
         self.by_user: dict[str, Conn] = {}
+        self._expiries: list[tuple[float, str]] = []
+
+    def connect(self, sid: str) -> Conn:
+        conn = self.by_sid[sid] = Conn(sid, self.config.rate_burst)
+        return conn
 
     def login(self, sid: str, who: Identity, userinfo: bytes, address: str) -> None:
         """Bind ``who`` to this socket, replace any older socket of theirs, then deliver."""
-        conn = self.by_sid.get(sid)
-        if conn is not None and conn.user != who.user:
+        conn = self.by_sid[sid]
+        if conn.user is not None and conn.user != who.user:
             raise payloads.PayloadError(
                 "this socket is logged in as another user; reconnect to switch users")
-        if conn is None:
-            conn = Conn(sid, who.user, who.device)
         # A login asks for everything pending, also what this socket was sent unacked.
-        conn.device, conn.chat_cursor, conn.notif_cursor = who.device, None, None
+        conn.user, conn.device, conn.chat_cursor, conn.notif_cursor = (
+            who.user, who.device, None, None)
+        self.set_expiry(conn, who.expires)
         old = self.store.bind(who.user, Presence(self.node, sid, who.device, _now_ms()))
-        self.by_sid[sid] = conn
         self.by_user[who.user] = conn
         log.info("login user=%s device=%s sid=%s address=%s", who.user, who.device, sid, address)
         if old is not None and old.sid != sid:
@@ -96,12 +107,38 @@ class Delivery:
             self.server.emit("logout", to=sid)
         self.server.disconnect(sid)
 
+    def set_expiry(self, conn: Conn, expires: float | None) -> None:
+        """Close the socket when its login token expires, unless a refresh moves this."""
+        conn.expires = expires
+        if expires is not None:
+            heapq.heappush(self._expiries, (expires, conn.sid))
+
+    def watch_expiries(self) -> None:
+        """Once a second, close the sockets whose login token has expired."""
+        while True:
+            gevent.sleep(1.0)
+            self.close_expired()
+
+    def close_expired(self) -> None:
+        """Disconnect every socket whose token has expired; the client may log in again
+        with a new token. Entries made stale by a refresh are skipped."""
+        now = time.time()
+        while self._expiries and self._expiries[0][0] <= now:
+            expires, sid = heapq.heappop(self._expiries)
+            conn = self.by_sid.get(sid)
+            if conn is not None and conn.expires == expires:
+                log.info("token expired user=%s sid=%s", conn.user, sid)
+                self.server.emit("error", {"event": "refresh", "error": "token expired"}, to=sid)
+                self.server.disconnect(sid)
+
     def disconnect(self, sid: str) -> None:
         conn = self.by_sid.get(sid)
         if conn is None:
             return
-        log.info("disconnect user=%s device=%s sid=%s", conn.user, conn.device, sid)
         self._forget(conn)
+        if conn.user is None:
+            return
+        log.info("disconnect user=%s device=%s sid=%s", conn.user, conn.device, sid)
         try:
             self.store.unbind(conn.user, sid)
         except redis.RedisError as exc:
@@ -112,10 +149,6 @@ class Delivery:
         self.by_sid.pop(conn.sid, None)
         if self.by_user.get(conn.user) is conn:
             del self.by_user[conn.user]
-
-    def user_of(self, sid: str) -> str | None:
-        conn = self.by_sid.get(sid)
-        return conn.user if conn else None
 
     def deliver(self, kinds: int, users: list[str]) -> None:
         """New stored messages of ``kinds`` wait for these users: send them to their sockets.

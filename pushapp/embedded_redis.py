@@ -48,7 +48,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedRedis:
     """One redis-server process persisting to ``data_dir`` (AOF, fsync every second)."""
 
-    def __init__(self, data_dir: str | Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: str | Path, port: int | None = None, password: str = "") -> None:
+        self.password = password
         self.data_dir = Path(data_dir).resolve()
         sock_path = self.data_dir / "redis.sock"
         self.unix_socket = sock_path if port is None and len(str(sock_path)) <= _MAX_SOCKET_PATH else None
@@ -57,9 +58,10 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
         if self.unix_socket:
-            return f"unix://{self.unix_socket}"
-        return f"redis://127.0.0.1:{self.port}/0"
+            return f"unix://{auth}{self.unix_socket}"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -78,6 +80,8 @@ class EmbeddedRedis:
         ]
         if self.unix_socket:
             args += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
+        if self.password:
+            args += ["--requirepass", self.password]
         # A session of its own: Ctrl-C on the gateway must not stop Redis before the
         # workers have stopped using it.
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -102,7 +106,8 @@ class EmbeddedRedis:
                 conn = socket.create_connection(("127.0.0.1", self.port), timeout=1)
             with conn:
                 conn.sendall(b"PING\r\n")
-                return conn.recv(16).startswith(b"+PONG")
+                # A server with a password answers NOAUTH; one loading its AOF, LOADING.
+                return conn.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any, Callable
 
+import gevent
 import redis
 import socketio
 from flask import request
@@ -20,14 +21,15 @@ from flask_socketio import SocketIO
 
 from . import payloads
 from .config import Config
-from .delivery import CHAT, NOTIF, Delivery
-from .identity import identify
+from .delivery import CHAT, NOTIF, Conn, Delivery
+from .identity import AuthError, Authenticator
+from .limits import RateLimiter, Verdict
 from .routing import Router
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("login", "chat", "hb", "geo")
+EVENTS = ("login", "chat", "hb", "geo", "refresh")
 
 _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack", default=False)
 
@@ -72,62 +74,120 @@ class Events:
         self.delivery = delivery
         self.router = router
         self.server = server
+        self.auth = Authenticator(config)
+        self.limiter = RateLimiter(config)
+        self.per_address: dict[str, int] = {}
 
     def register(self, sio: SocketIO) -> None:
         for name in EVENTS:
             sio.on_event(name, self._guard(name, getattr(self, "on_" + name)))
         sio.on_event("connect", self.on_connect)
         sio.on_event("disconnect", self.on_disconnect)
-        sio.on_event("*", self.on_unknown)
+        sio.on_event("*", self._guard("*", self.on_unknown))
 
     def _guard(self, event: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """Rate-limit, run, and turn every failure into an answer to the client."""
         @functools.wraps(handler)
         def guarded(*args: Any) -> Any:
             sid = request.sid
+            name = str(args[0])[:64] if event == "*" and args else event
+            conn = self.delivery.by_sid.get(sid)
+            if conn is None:
+                return self._reject(sid, name, "not connected")
+            verdict = self.limiter.check(conn)
+            if verdict is not Verdict.ALLOW:
+                limit = f"rate limited: at most {self.config.rate_limit:g} events per second"
+                if verdict is Verdict.ABUSE:
+                    log.warning("disconnecting sid=%s address=%s: event flood", sid,
+                                request.remote_addr)
+                    return self._reject(sid, name, limit + "; disconnecting", close=True)
+                return self._reject(sid, name, limit)
             try:
                 return handler(sid, *args)
+            except AuthError as exc:
+                log.warning("%s refused sid=%s address=%s: %s", name, sid, request.remote_addr,
+                            exc)
+                return self._reject(sid, name, str(exc), close=True)
             except payloads.PayloadError as exc:
-                return self._reject(sid, event, str(exc))
+                return self._reject(sid, name, str(exc))
             except redis.RedisError as exc:
-                log.error("%s from sid=%s failed, Redis unavailable: %s", event, sid, exc)
-                return self._reject(sid, event, "temporarily unavailable, try again")
+                log.error("%s from sid=%s failed, Redis unavailable: %s", name, sid, exc)
+                return self._reject(sid, name, "temporarily unavailable, try again")
             except Exception:
-                log.exception("%s from sid=%s failed", event, sid)
-                return self._reject(sid, event, "internal error")
+                log.exception("%s from sid=%s failed", name, sid)
+                return self._reject(sid, name, "internal error")
 
         return guarded
 
-    def _reject(self, sid: str, event: str, reason: str) -> dict | None:
+    def _reject(self, sid: str, event: str, reason: str, close: bool = False) -> dict | None:
+        """Answer ``reason`` as the ack, or as an ``error`` event when no ack was asked for;
+        with ``close``, disconnect once the answer has been queued."""
         log.info("rejected %s from sid=%s: %s", event, sid, reason)
+        if close:
+            gevent.spawn(self.server.disconnect, sid)
         if _ack_requested.get():
             return {"error": reason}
         self.server.emit("error", {"event": event, "error": reason}, to=sid)
         return None
 
-    def _user(self, sid: str) -> str:
-        user = self.delivery.user_of(sid)
-        if user is None:
+    def _conn(self, sid: str) -> Conn:
+        conn = self.delivery.by_sid[sid]
+        if conn.user is None:
             raise payloads.PayloadError("not logged in: send login first")
-        return user
+        return conn
 
     def on_connect(self, auth: Any = None) -> None:
-        log.info("connect sid=%s address=%s", request.sid, request.remote_addr)
+        """Count the address, check a token given in the connect auth, keep its claims."""
+        sid, address = request.sid, request.remote_addr or ""
+        limit = self.config.max_connections_per_ip
+        if limit and self.per_address.get(address, 0) >= limit:
+            log.warning("refused connection from %s: %d connections already", address, limit)
+            raise socketio.exceptions.ConnectionRefusedError("too many connections from this address")
+        claims = None
+        if isinstance(auth, dict) and auth.get("token") and not self.auth.insecure:
+            try:
+                claims = self.auth.verify(auth["token"])
+            except AuthError as exc:
+                log.warning("connect refused sid=%s address=%s: %s", sid, address, exc)
+                raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        self.per_address[address] = self.per_address.get(address, 0) + 1
+        self.delivery.connect(sid).claims = claims
+        log.info("connect sid=%s address=%s", sid, address)
 
     def on_disconnect(self, reason: Any = None) -> None:
+        address = request.remote_addr or ""
+        left = self.per_address.get(address, 0) - 1
+        if left > 0:
+            self.per_address[address] = left
+        else:
+            self.per_address.pop(address, None)
         self.delivery.disconnect(request.sid)
 
-    def on_unknown(self, event: Any, *args: Any) -> dict | None:
-        return self._reject(request.sid, str(event)[:64],
-                            "unknown event; the gateway takes " + ", ".join(EVENTS))
+    def on_unknown(self, sid: str, event: Any, *args: Any) -> None:
+        raise payloads.PayloadError("unknown event; the gateway takes " + ", ".join(EVENTS))
 
     def on_login(self, sid: str, *args: Any) -> int:
-        userinfo, raw = payloads.event_object(args, self.config.max_event_bytes)
-        who = identify(userinfo, self.config)
-        self.delivery.login(sid, who, raw, request.remote_addr or "")
+        userinfo, _ = payloads.event_object(args, self.config.max_event_bytes)
+        who = self.auth.identify(userinfo, self.delivery.by_sid[sid].claims)
+        userinfo.pop("token", None)
+        userinfo.setdefault("myAuraId", who.user)
+        self.delivery.login(sid, who, payloads.dumps(userinfo), request.remote_addr or "")
+        return 1
+
+    def on_refresh(self, sid: str, *args: Any) -> int:
+        """A newer token for the logged-in user moves the socket's expiry."""
+        conn = self._conn(sid)
+        if self.auth.insecure:
+            raise payloads.PayloadError("refresh needs AUTH_MODE=jwt")
+        body, _ = payloads.event_object(args, self.config.max_event_bytes)
+        claims = self.auth.verify(body.get("token"))
+        if claims.user != conn.user:
+            raise AuthError("user mismatch")
+        self.delivery.set_expiry(conn, claims.expires)
         return 1
 
     def on_chat(self, sid: str, *args: Any) -> int:
-        user = self._user(sid)
+        user = self._conn(sid).user
         message, raw = payloads.event_object(args, self.config.max_event_bytes)
         payloads.same_user(message, "from", user)
         payloads.user_id(message.get("to"), "to", self.config.max_user_id_length)
@@ -144,13 +204,11 @@ class Events:
         return 1
 
     def on_geo(self, sid: str, *args: Any) -> int:
-        user = self._user(sid)
+        conn = self._conn(sid)
         geo, _ = payloads.event_object(args, self.config.max_event_bytes)
-        payloads.same_user(geo, "myAuraId", user)
-        geo.setdefault("myAuraId", user)
+        payloads.same_user(geo, "myAuraId", conn.user)
+        geo.setdefault("myAuraId", conn.user)
         self.store.publish(self.config.channel_geo,
                            payloads.dumps({"geo": geo, "time": int(time.time() * 1000)}))
-        conn = self.delivery.by_sid.get(sid)
-        if conn is not None:
-            self.delivery.flush(conn, CHAT | NOTIF)
+        self.delivery.flush(conn, CHAT | NOTIF)
         return 1

@@ -56,6 +56,7 @@ class Gateway:
             "BIND": f"127.0.0.1:{self.port}",
             "REDIS_URL": redis_server.url,
             "LOG_LEVEL": "INFO",
+            "AUTH_MODE": "insecure",
             **{key: str(value) for key, value in env.items()},
         }
         self.prefix = self.env.get("KEY_PREFIX", "pushapp:")
@@ -182,14 +183,16 @@ class Client:
     count decided by ``chat_ack`` (default: the whole batch), ``notification`` with 1."""
 
     def __init__(self, url: str, transports: tuple[str, ...] = ("websocket",),
-                 chat_ack: Callable[[list], Any] = len, connect: bool = True) -> None:
+                 chat_ack: Callable[[list], Any] = len, connect: bool = True,
+                 auth: dict | None = None) -> None:
         self.url = url
         self.transports = list(transports)
+        self.auth = auth
         self.chat_ack = chat_ack
         self.events: queue.Queue = queue.Queue()
         self.backlog: list[tuple[str, Any]] = []
         self.sio = socketio.Client(reconnection=False)
-        for name in ("chat", "notification", "logout", "error"):
+        for name in ("chat", "notification", "logout", "error", "connect_error"):
             self.sio.on(name, self._recorder(name))
         self.sio.on("disconnect", lambda *args: self.events.put(("disconnect", None)))
         if connect:
@@ -208,7 +211,7 @@ class Client:
         return record
 
     def connect(self) -> "Client":
-        self.sio.connect(self.url, transports=self.transports, wait_timeout=WAIT)
+        self.sio.connect(self.url, transports=self.transports, wait_timeout=WAIT, auth=self.auth)
         return self
 
     def login(self, user: str, device: str = "dev-1", **extra: Any) -> Any:

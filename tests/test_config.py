@@ -10,7 +10,7 @@ from pushapp.config import Config, ConfigError
 
 
 def test_defaults_keep_the_seeds_names_and_timings():
-    config = Config.from_env({})
+    config = Config.from_env({"AUTH_MODE": "insecure"})
     assert (config.channel_snschat, config.channel_notification, config.channel_login,
             config.channel_chat_filter, config.channel_chat_history, config.channel_chat_push,
             config.channel_geo) == ("snschat", "notification", "login_message_channel",
@@ -24,7 +24,7 @@ def test_defaults_keep_the_seeds_names_and_timings():
 def test_every_field_is_read_from_its_variable():
     names = [field.metadata["env"] for field in dataclasses.fields(Config)]
     assert len(names) == len(set(names))
-    config = Config.from_env({"PUSH_DELAY": "2.5", "STORE_MAX_ENTRIES": "7",
+    config = Config.from_env({"JWT_SECRET": "s", "PUSH_DELAY": "2.5", "STORE_MAX_ENTRIES": "7",
                               "CHAT_FILTER": "direct", "CORS_ALLOWED_ORIGINS": "https://a, https://b",
                               "KEY_PREFIX": "t:"})
     assert (config.push_delay, config.store_max_entries, config.chat_filter) == (2.5, 7, "direct")
@@ -41,7 +41,13 @@ def test_every_field_is_read_from_its_variable():
 ])
 def test_bad_values_are_refused_with_the_variable_named(name, value, says):
     with pytest.raises(ConfigError, match=says):
-        Config.from_env({name: value})
+        Config.from_env({"AUTH_MODE": "insecure", name: value})
+
+
+def test_secure_mode_is_the_default_and_needs_a_key():
+    with pytest.raises(ConfigError, match="set JWT_SECRET .* or set AUTH_MODE=insecure"):
+        Config.from_env({})
+    assert Config.from_env({"JWT_SECRET": "s"}).auth_mode == "jwt"
 
 
 def test_readme_documents_every_variable():

@@ -46,6 +46,7 @@ def test_supervisor_program_serves_the_gateway(tmp_path: Path, start_redis):
     conf.write_text(SUPERVISORD_CONF.format(tmp=tmp_path, root=ROOT))
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PUSHAPP_HOME": str(ROOT), "REDIS_URL": redis_server.url,
+           "AUTH_MODE": "insecure",
            "BIND": f"127.0.0.1:{port}"}
     supervisord = subprocess.Popen([bin_dir / "supervisord", "-c", conf], env=env)
     ctl = [bin_dir / "supervisorctl", "-c", conf]

@@ -50,7 +50,8 @@ def test_embedded_redis_is_started_persisted_and_stopped_with_the_gateway(tmp_pa
     on a unix socket in the data folder, with an append-only file, and stops it at exit."""
     port = free_port()
     data = tmp_path / "data"
-    env = {"BIND": f"127.0.0.1:{port}", "PUSHAPP_DATA_DIR": str(data), "REDIS_URL": ""}
+    env = {"BIND": f"127.0.0.1:{port}", "PUSHAPP_DATA_DIR": str(data), "REDIS_URL": "",
+           "AUTH_MODE": "insecure"}
     user = uid()
 
     def serve() -> subprocess.Popen:

@@ -1,0 +1,334 @@
+"""Nobody logs in as someone else, floods, or reaches in from a foreign origin.
+
+Each refusal is checked from the attacker's side (the reason, then the disconnect) and
+from a bystander's: a logged-in user whose traffic must be untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+
+import jwt
+import pytest
+import socketio
+import websocket
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from pushapp.embedded_redis import EmbeddedRedis, free_port
+from pushapp.tokens import mint
+from support import ROOT, Client, Gateway, Subscriber, uid, wait_for
+
+SECRET = "test-secret-of-at-least-32-bytes-length"
+AUDIENCE, ISSUER = "pushapp-test", "business-server"
+
+
+def token(user: str, ttl: float = 600, key: str = SECRET, **claims) -> str:
+    now = int(time.time())
+    body = {"sub": user, "iat": now, "exp": now + ttl, "aud": AUDIENCE, "iss": ISSUER, **claims}
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm="HS256")
+
+
+@pytest.fixture(scope="module")
+def jwt_gateway(start_gateway) -> Gateway:
+    return start_gateway(AUTH_MODE="jwt", JWT_SECRET=SECRET, JWT_AUDIENCE=AUDIENCE,
+                         JWT_ISSUER=ISSUER, JWT_LEEWAY=0, RATE_LIMIT=5, RATE_BURST=10,
+                         RATE_STRIKES=5)
+
+
+@pytest.fixture
+def bystander(jwt_gateway):
+    """A logged-in user whose traffic every attack must leave alone."""
+    user = uid("bystander")
+    client = jwt_gateway.client()
+    client.login(user, token=token(user))
+    yield client, user
+    assert client.call("hb") == 1, "the bystander lost its connection"
+    jwt_gateway.publish("snschat", {"from": "x", "to": user, "check": "after"})
+    assert any(m.get("check") == "after" for m in json.loads(client.expect("chat")))
+    client.close()
+
+
+def refused(client: Client, event: str, payload: dict) -> str:
+    """Send ``event`` and return the error reason; the socket must then be closed."""
+    answer = client.call(event, payload)
+    client.expect("disconnect")
+    return answer["error"]
+
+
+def test_a_valid_token_logs_in_its_subject(jwt_gateway, bystander):
+    user = uid()
+    login_channel = Subscriber(jwt_gateway.redis_server.url, "login_message_channel")
+    client = jwt_gateway.client()
+    try:
+        assert client.call("login", {"deviceId": "d1", "token": token(user)}) == 1
+        info = login_channel.expect("login_message_channel", lambda m: m["myAuraId"] == user)
+        assert info == {"deviceId": "d1", "myAuraId": user}, "the token must not be published"
+        assert jwt_gateway.presence(user)[1] == client.sio.get_sid()
+    finally:
+        client.close()
+        login_channel.close()
+
+
+def test_a_token_in_the_connect_auth_serves_for_the_login(jwt_gateway, bystander):
+    user = uid()
+    client = Client(jwt_gateway.url, auth={"token": token(user)})
+    try:
+        assert client.call("login", {"myAuraId": user, "deviceId": "d"}) == 1
+        assert jwt_gateway.presence(user)[1] == client.sio.get_sid()
+    finally:
+        client.close()
+
+
+def refused_at_connect(gateway: Gateway, **kwargs) -> str:
+    """Connect, expecting a refusal; returns the reason the client was given."""
+    client = Client(gateway.url, connect=False, **kwargs)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        client.connect()
+    return client.expect("connect_error")["message"]
+
+
+def test_a_bad_token_in_the_connect_auth_is_refused_at_connect(jwt_gateway, bystander):
+    forged = token("x", key="another-secret-that-is-32-bytes-long")
+    assert refused_at_connect(jwt_gateway, auth={"token": forged}) == "bad signature"
+
+
+def test_impersonation_through_myauraid_is_refused(jwt_gateway, bystander):
+    _, victim = bystander
+    reason = refused(jwt_gateway.client(), "login", {"myAuraId": victim, "token": token(uid())})
+    assert reason == "user mismatch"
+
+
+def test_login_without_a_token_is_refused(jwt_gateway, bystander):
+    _, victim = bystander
+    assert refused(jwt_gateway.client(), "login", {"myAuraId": victim}) == "token missing"
+
+
+@pytest.mark.parametrize("make,reason", [
+    (lambda u: token(u, key="forged-with-another-secret-32bytes"), "bad signature"),
+    (lambda u: token(u, ttl=-5), "token expired"),
+    (lambda u: token(u, aud="another-service"), "wrong audience"),
+    (lambda u: token(u, iss="someone-else"), "wrong issuer"),
+    (lambda u: token(u, exp=None), "token lacks exp"),
+    (lambda u: jwt.encode({"sub": u, "exp": time.time() + 60, "aud": AUDIENCE, "iss": ISSUER},
+                          None, algorithm="none"), "algorithm not allowed"),
+    (lambda u: "not.a.token", "invalid token"),
+    (lambda u: {"sub": u}, "invalid token"),
+])
+def test_bad_tokens_are_refused_with_a_reason(jwt_gateway, bystander, make, reason):
+    _, victim = bystander
+    assert refused(jwt_gateway.client(), "login", {"token": make(victim)}) == reason
+    assert jwt_gateway.presence(victim)[1] == bystander[0].sio.get_sid()
+
+
+def test_chat_and_geo_cannot_speak_for_another_user(jwt_gateway, bystander):
+    _, victim = bystander
+    user = uid()
+    client = jwt_gateway.client()
+    try:
+        client.login(user, token=token(user))
+        assert "does not match" in client.call("chat", {"from": victim, "to": "x"})["error"]
+        assert "does not match" in client.call("geo", {"myAuraId": victim})["error"]
+    finally:
+        client.close()
+
+
+def test_the_socket_closes_when_its_token_expires(jwt_gateway, bystander):
+    user = uid()
+    client = jwt_gateway.client()
+    client.login(user, token=token(user, ttl=2))
+    assert client.expect("error", timeout=5) == {"event": "refresh", "error": "token expired"}
+    client.expect("disconnect")
+    wait_for(lambda: jwt_gateway.presence(user) is None, what="presence to go")
+
+
+def test_refresh_moves_the_expiry(jwt_gateway, bystander):
+    user = uid()
+    client = jwt_gateway.client()
+    try:
+        client.login(user, token=token(user, ttl=2))
+        assert client.call("refresh", {"token": token(user, ttl=600)}) == 1
+        time.sleep(3.5)
+        assert client.call("hb") == 1
+    finally:
+        client.close()
+
+
+def test_refresh_with_another_users_token_is_refused(jwt_gateway, bystander):
+    user = uid()
+    client = jwt_gateway.client()
+    client.login(user, token=token(user))
+    assert refused(client, "refresh", {"token": token(uid())}) == "user mismatch"
+
+
+def test_an_event_flood_is_limited_then_disconnected(jwt_gateway, bystander):
+    raw = jwt_gateway.raw()
+    answers = [raw.call("hb")[0] for _ in range(10)]
+    assert answers == [1] * 10, "the burst must pass"
+    limited = raw.call("hb")[0]
+    assert limited == {"error": "rate limited: at most 5 events per second"}
+    for _ in range(5):
+        raw.emit("hb")
+    assert raw.closed.wait(5), "a client flooding past RATE_STRIKES must be disconnected"
+
+
+def test_a_paced_client_is_never_limited(jwt_gateway, bystander):
+    raw = jwt_gateway.raw()
+    try:
+        for _ in range(15):
+            assert raw.call("hb") == [1]
+            time.sleep(0.2)
+    finally:
+        raw.close()
+
+
+def _handshake(gateway: Gateway, origin: str | None) -> bool:
+    """Whether Engine.IO opens a session for a websocket from ``origin``. gevent-websocket
+    completes the HTTP upgrade before the application runs, so a refused origin shows as a
+    socket closed without the open packet."""
+    url = f"ws://127.0.0.1:{gateway.port}/socket.io/?EIO=4&transport=websocket"
+    try:
+        ws = websocket.create_connection(url, timeout=5, origin=origin,
+                                         suppress_origin=origin is None)
+    except websocket.WebSocketBadStatusException:
+        return False
+    try:
+        return ws.recv().startswith("0")
+    except (websocket.WebSocketException, OSError):
+        return False
+    finally:
+        ws.close()
+
+
+def test_browsers_from_other_origins_are_refused(start_gateway, jwt_gateway, bystander):
+    listed = start_gateway(CORS_ALLOWED_ORIGINS="https://app.example,https://admin.example")
+    assert not _handshake(listed, "https://evil.example")
+    assert _handshake(listed, "https://app.example")
+    assert _handshake(listed, None), "native apps send no Origin"
+    assert not _handshake(jwt_gateway, "https://evil.example"), "default: own origin only"
+    assert _handshake(jwt_gateway, f"http://127.0.0.1:{jwt_gateway.port}")
+
+
+def test_a_frame_announcing_a_huge_payload_is_cut_off(jwt_gateway, bystander):
+    raw = jwt_gateway.raw()
+    mask = os.urandom(4)
+    header = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", 4 * 1024 ** 3) + mask
+    raw.ws.sock.sendall(header + b"42" * 100)
+    assert raw.closed.wait(5), "a 4 GB frame must be refused before it is read"
+
+
+def test_connections_per_address_are_capped(start_gateway):
+    gateway = start_gateway(MAX_CONNECTIONS_PER_IP=3)
+    clients = [gateway.client() for _ in range(3)]
+    assert refused_at_connect(gateway) == "too many connections from this address"
+    clients.pop().close()
+    wait_for(lambda: _try_connect(gateway), what="a freed slot")
+    for client in clients:
+        client.close()
+
+
+def _try_connect(gateway: Gateway) -> bool:
+    try:
+        gateway.client().close()
+    except socketio.exceptions.ConnectionError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def key_files(tmp_path_factory):
+    """An RSA key as PEM, and a JWKS with that RSA key (kid r1) and an EC key (kid e1)."""
+    folder = tmp_path_factory.mktemp("keys")
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    pem = rsa_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    (folder / "rsa.pub.pem").write_bytes(pem)
+    keys = []
+    for kid, key, algorithm in (("r1", rsa_key, jwt.algorithms.RSAAlgorithm),
+                                ("e1", ec_key, jwt.algorithms.ECAlgorithm)):
+        jwk = json.loads(algorithm.to_jwk(key.public_key()))
+        keys.append({**jwk, "kid": kid})
+    (folder / "jwks.json").write_text(json.dumps({"keys": keys}))
+    return folder, rsa_key, ec_key
+
+
+def _private_pem(key) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def test_rs256_tokens_are_checked_with_a_public_key_file(start_gateway, key_files):
+    folder, rsa_key, _ = key_files
+    gateway = start_gateway(AUTH_MODE="jwt", JWT_PUBLIC_KEY_FILE=folder / "rsa.pub.pem")
+    user = uid()
+    good = gateway.client()
+    try:
+        assert good.call("login", {"token": mint(user, _private_pem(rsa_key), "RS256")}) == 1
+        hs256 = mint(user, SECRET, "HS256")
+        assert refused(gateway.client(), "login", {"token": hs256}) == "algorithm not allowed"
+    finally:
+        good.close()
+
+
+def test_jwks_keys_are_picked_by_kid(start_gateway, key_files):
+    folder, rsa_key, ec_key = key_files
+    gateway = start_gateway(AUTH_MODE="jwt", JWT_JWKS_FILE=folder / "jwks.json")
+    rsa_user, ec_user = uid(), uid()
+    by_rsa, by_ec = gateway.client(), gateway.client()
+    try:
+        assert by_rsa.call("login", {"token": mint(rsa_user, _private_pem(rsa_key), "RS256",
+                                                   kid="r1")}) == 1
+        assert by_ec.call("login", {"token": mint(ec_user, _private_pem(ec_key), "ES256",
+                                                  kid="e1")}) == 1
+        other_kid = mint(uid(), _private_pem(rsa_key), "RS256", kid="e1")
+        assert refused(gateway.client(), "login", {"token": other_kid}) == "algorithm not allowed"
+        unknown_kid = mint(uid(), _private_pem(rsa_key), "RS256", kid="zz")
+        assert refused(gateway.client(), "login", {"token": unknown_kid}) == "bad signature"
+    finally:
+        by_rsa.close()
+        by_ec.close()
+
+
+def test_the_token_command_mints_a_working_token(jwt_gateway, bystander):
+    user = uid()
+    env = {**os.environ, "JWT_SECRET": SECRET, "JWT_AUDIENCE": AUDIENCE, "JWT_ISSUER": ISSUER}
+    minted = subprocess.run([sys.executable, "-m", "pushapp.tokens", user, "--ttl", "60"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    client = jwt_gateway.client()
+    try:
+        assert client.call("login", {"token": minted.stdout.strip()}) == 1
+    finally:
+        client.close()
+
+
+def test_without_a_key_or_insecure_mode_the_gateway_refuses_to_start(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("AUTH_MODE", "JWT_SECRET", "JWT_PUBLIC_KEY_FILE", "JWT_JWKS_FILE")}
+    env.update(BIND=f"127.0.0.1:{free_port()}", REDIS_URL="redis://127.0.0.1:1/0")
+    started = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                              "wsgi:app"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=30)
+    assert started.returncode != 0
+    assert "set JWT_SECRET" in started.stderr and "AUTH_MODE=insecure" in started.stderr
+
+
+def test_redis_with_a_password_is_reached_through_redis_url(tmp_path):
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), password="s3cret")
+    server.start()
+    try:
+        assert server.url == f"redis://:s3cret@127.0.0.1:{server.port}/0"
+        gateway = Gateway(server, tmp_path / "gunicorn.log").start()
+        user = uid()
+        client = gateway.client()
+        client.login(user)
+        gateway.publish("snschat", {"from": "a", "to": user, "via": "password"})
+        assert json.loads(client.expect("chat"))[0]["via"] == "password"
+        client.close()
+        gateway.stop()
+    finally:
+        server.stop()
