@@ -29,6 +29,8 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 5.0
+# How often the listener looks whether the lease changed hands, at most.
+_LEASE_CHECK = 0.2
 
 
 def node_name() -> str:
@@ -59,6 +61,7 @@ class Bridge:
         self.node = router.node
         self.node_channel = config.key("node", self.node)
         self.subscribed = False
+        self.hearing = False
         self._leader_until = 0.0
         self._running = False
         self._greenlets: list[gevent.Greenlet] = []
@@ -83,7 +86,10 @@ class Bridge:
             log.warning("could not release lease/heartbeat on exit: %s", exc)
 
     def ready(self) -> bool:
-        """Subscribed, and some node holds the ingest lease."""
+        """Subscribed, and channel messages are being taken: by this node if it holds the
+        ingest lease, else by the node that does."""
+        if self.leader:
+            return self.hearing
         return self.subscribed and self.store.lease_holder() is not None
 
     def _keepalive(self) -> None:
@@ -114,24 +120,39 @@ class Bridge:
 
     def _listen(self) -> None:
         backoff = 0.1
-        channels = (self.config.channel_snschat, self.config.channel_notification,
-                    self.node_channel)
         while self._running:
             pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(*channels)
+                pubsub.subscribe(self.node_channel)
                 self.subscribed = True
-                log.info("listener subscribed to %s", ", ".join(channels))
+                log.info("listener subscribed to %s", self.node_channel)
                 backoff = 0.1
-                for message in pubsub.listen():
-                    self.handle(message["channel"].decode(), message["data"])
+                self._serve(pubsub)
             except (redis.RedisError, OSError) as exc:
                 log.warning("listener lost Redis (%s); reconnecting in %.1fs", exc, backoff)
             finally:
-                self.subscribed = False
+                self.subscribed = self.hearing = False
                 pubsub.close()
             gevent.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def _serve(self, pubsub: redis.client.PubSub) -> None:
+        """Handle messages; hear the business channels exactly while holding the lease.
+
+        So a business server's PUBLISH returns how many gateways took the message: 0 means
+        none did (no worker holds the lease, or Redis restarted), and it should retry.
+        """
+        business = (self.config.channel_snschat, self.config.channel_notification)
+        self.hearing = False
+        while self._running:
+            if self.leader != self.hearing:
+                self.hearing = self.leader
+                (pubsub.subscribe if self.hearing else pubsub.unsubscribe)(*business)
+                log.info("listener %s %s", "subscribed to" if self.hearing else "left",
+                         ", ".join(business))
+            message = pubsub.get_message(timeout=_LEASE_CHECK)
+            if message is not None:
+                self.handle(message["channel"].decode(), message["data"])
 
     def handle(self, channel: str, data: bytes) -> None:
         """One pub/sub message. Nothing it carries may raise out of here."""

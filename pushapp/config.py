@@ -78,6 +78,7 @@ class Config:
     rate_strikes: int = _field("RATE_STRIKES", 20, _positive(int))
     max_connections_per_ip: int = _field("MAX_CONNECTIONS_PER_IP", 0, int)
     push_delay: float = _field("PUSH_DELAY", 120.0, _positive(float))
+    ack_timeout: float = _field("ACK_TIMEOUT", 60.0, _positive(float))
     store_max_entries: int = _field("STORE_MAX_ENTRIES", 1000, _positive(int))
     store_max_age: int = _field("STORE_MAX_AGE", 30 * 24 * 3600, _positive(int))
     chat_batch_max: int = _field("CHAT_BATCH_MAX", 200, _positive(int))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import time
 from functools import partial
 from typing import Any
@@ -34,7 +35,8 @@ class Conn:
     connection."""
 
     __slots__ = ("sid", "user", "device", "claims", "expires", "chat_cursor", "notif_cursor", "busy",
-                 "dirty", "unacked", "push_timer", "closed", "tokens", "stamp", "strikes")
+                 "dirty", "unacked_chats", "unacked_notifs", "ack_watch", "closed", "tokens",
+                 "stamp", "strikes")
 
     def __init__(self, sid: str, burst: int) -> None:
         self.sid = sid
@@ -46,8 +48,9 @@ class Conn:
         self.notif_cursor: str | None = None
         self.busy = 0
         self.dirty = 0
-        self.unacked = 0
-        self.push_timer: Any = None
+        self.unacked_chats = 0
+        self.unacked_notifs = 0
+        self.ack_watch: gevent.Greenlet | None = None
         self.closed = False
         self.tokens = float(burst)
         self.stamp = time.monotonic()
@@ -70,8 +73,11 @@ class Delivery:
         conn = self.by_sid[sid] = Conn(sid, self.config.rate_burst)
         return conn
 
-    def login(self, sid: str, who: Identity, userinfo: bytes, address: str) -> None:
-        """Bind ``who`` to this socket, replace any older socket of theirs, then deliver."""
+    def login(self, sid: str, who: Identity, userinfo: bytes, address: str,
+              seen: dict[str, str] | None = None) -> None:
+        """Bind ``who`` to this socket, replace any older socket of theirs, then deliver.
+        ``seen`` (kind -> last mid the client has) acks everything up to those ids first, so
+        a reconnecting client gets only what it has not seen."""
         conn = self.by_sid[sid]
         if conn.user is not None and conn.user != who.user:
             raise payloads.PayloadError(
@@ -87,6 +93,8 @@ class Delivery:
             logout = bool(old.device and who.device and old.device != who.device)
             self.kick_everywhere(old, who.user, logout)
         self.store.publish(self.config.channel_login, userinfo)
+        for kind, mid in (seen or {}).items():
+            self.store.remove_through("chat" if kind == "chat" else "notif", who.user, mid)
         self.flush(conn, CHAT | NOTIF)
 
     def kick_everywhere(self, old: Presence, user: str, logout: bool) -> None:
@@ -202,35 +210,88 @@ class Delivery:
                 return
 
     def _send_chats(self, conn: Conn, entries: list[Entry]) -> None:
-        batch = b"[" + b",".join(entry.raw for entry in entries) + b"]"
+        batch = b"[" + b",".join(with_mid(entry.raw, entry.id) for entry in entries) + b"]"
         ids = [entry.id for entry in entries]
         self.server.emit("chat", batch.decode(), to=conn.sid,
                          callback=partial(self._chats_acked, conn, ids))
-        conn.unacked += 1
-        if conn.push_timer is None:
-            conn.push_timer = gevent.spawn_later(self.config.push_delay, self._push_due, conn)
+        conn.unacked_chats += 1
+        self._watch_acks(conn)
 
     def _chats_acked(self, conn: Conn, ids: list[str], *args: Any) -> None:
-        """The seed's ack: the number of messages the client took from this batch."""
-        count = args[0] if args else None
-        if isinstance(count, str) and count.isdigit():
-            count = int(count)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            log.warning("chat ack from user=%s is not a count: %r", conn.user, args[:1])
+        """The ack of a ``chat`` batch: the seed's count of messages taken from the batch,
+        or a list of the ``mid``s taken. Either removes exactly those messages."""
+        taken = _acked_ids(ids, args[0] if args else None)
+        if taken is None:
+            log.warning("chat ack from user=%s is neither a count nor mids: %.100r",
+                        conn.user, args[:1])
             return
         try:
-            self.store.remove("chat", conn.user, ids[:count])
+            self.store.remove("chat", conn.user, taken)
         except redis.RedisError as exc:
             log.warning("chat ack of user=%s not applied, Redis failed: %s", conn.user, exc)
-        conn.unacked -= 1
-        if conn.unacked <= 0 and conn.push_timer is not None:
-            conn.push_timer.kill(block=False)
-            conn.push_timer = None
+        conn.unacked_chats = max(0, conn.unacked_chats - 1)
+        self._stop_watch_if_acked(conn)
 
-    def _push_due(self, conn: Conn) -> None:
-        """No ack within the push delay: ask the business servers for a mobile push."""
-        conn.push_timer = None
-        self.push(conn.user)
+    def _send_notifications(self, conn: Conn, entries: list[Entry]) -> None:
+        for entry in entries:
+            self.server.emit("notification", with_mid(entry.raw, entry.id).decode(),
+                             to=conn.sid,
+                             callback=partial(self._notification_acked, conn, entry.id))
+        conn.unacked_notifs += len(entries)
+        self._watch_acks(conn)
+
+    def _notification_acked(self, conn: Conn, msg_id: str, *args: Any) -> None:
+        try:
+            self.store.remove("notif", conn.user, [msg_id])
+        except redis.RedisError as exc:
+            log.warning("notification ack of user=%s not applied: %s", conn.user, exc)
+        conn.unacked_notifs = max(0, conn.unacked_notifs - 1)
+        self._stop_watch_if_acked(conn)
+
+    def _watch_acks(self, conn: Conn) -> None:
+        if conn.ack_watch is None:
+            conn.ack_watch = gevent.spawn(self._ack_watch, conn)
+
+    def _stop_watch_if_acked(self, conn: Conn) -> None:
+        if conn.unacked_chats == 0 and conn.unacked_notifs == 0 and conn.ack_watch is not None:
+            conn.ack_watch.kill(block=False)
+            conn.ack_watch = None
+
+    def _ack_watch(self, conn: Conn) -> None:
+        """While deliveries of this socket wait for acks: resend everything unacked every
+        ``ACK_TIMEOUT``, and ask once for a mobile push when chats are still unacked after
+        ``PUSH_DELAY``, as the seed did, also after the socket has gone."""
+        now = time.monotonic()
+        resend_at, push_at = now + self.config.ack_timeout, now + self.config.push_delay
+        pushed = False
+        try:
+            while conn.unacked_chats or conn.unacked_notifs:
+                wake = min(resend_at if not conn.closed else math.inf,
+                           push_at if not pushed and conn.unacked_chats else math.inf)
+                if wake == math.inf:
+                    return
+                gevent.sleep(max(0.0, wake - time.monotonic()))
+                now = time.monotonic()
+                if not pushed and conn.unacked_chats and now >= push_at:
+                    pushed = True
+                    self.push(conn.user)
+                if not conn.closed and now >= resend_at:
+                    resend_at = now + self.config.ack_timeout
+                    self._resend(conn)
+        finally:
+            if conn.ack_watch is gevent.getcurrent():
+                conn.ack_watch = None
+
+    def _resend(self, conn: Conn) -> None:
+        """Send again all that is stored for the socket: the unacked deliveries, with the
+        ``mid``s they had, so that clients can drop what they already have."""
+        kinds = (CHAT if conn.unacked_chats else 0) | (NOTIF if conn.unacked_notifs else 0)
+        log.info("redelivering unacked user=%s kinds=%d", conn.user, kinds)
+        if kinds & CHAT:
+            conn.chat_cursor, conn.unacked_chats = None, 0
+        if kinds & NOTIF:
+            conn.notif_cursor, conn.unacked_notifs = None, 0
+        self.flush(conn, kinds)
 
     def push(self, user: str) -> None:
         log.info("mobile push requested user=%s", user)
@@ -239,16 +300,27 @@ class Delivery:
         except redis.RedisError as exc:
             log.warning("mobile push for user=%s not published, Redis failed: %s", user, exc)
 
-    def _send_notifications(self, conn: Conn, entries: list[Entry]) -> None:
-        for entry in entries:
-            self.server.emit("notification", entry.raw.decode(), to=conn.sid,
-                             callback=partial(self._notification_acked, conn.user, entry.id))
 
-    def _notification_acked(self, user: str, msg_id: str, *args: Any) -> None:
-        try:
-            self.store.remove("notif", user, [msg_id])
-        except redis.RedisError as exc:
-            log.warning("notification ack of user=%s not applied: %s", user, exc)
+def with_mid(raw: bytes, mid: str) -> bytes:
+    """The stored JSON object with its id added as a last member, ``"mid"``. Added last so
+    that it wins over a ``mid`` the business server may have sent; the rest of the text is
+    passed on as published."""
+    body = raw.rstrip()
+    empty = not body.lstrip()[1:-1].strip()
+    return body[:-1] + (b'"mid":"' if empty else b',"mid":"') + mid.encode() + b'"}'
+
+
+def _acked_ids(batch: list[str], ack: Any) -> list[str] | None:
+    """Which ids of ``batch`` an ack takes: the first N for a count, the named ones for a
+    list of mids; None if the ack is neither."""
+    if isinstance(ack, str) and ack.isdigit():
+        ack = int(ack)
+    if isinstance(ack, int) and not isinstance(ack, bool) and ack >= 0:
+        return batch[:ack]
+    if isinstance(ack, list) and all(isinstance(mid, str) for mid in ack):
+        named = set(ack)
+        return [mid for mid in batch if mid in named]
+    return None
 
 
 def _now_ms() -> int:

@@ -169,9 +169,10 @@ class Events:
     def on_login(self, sid: str, *args: Any) -> int:
         userinfo, _ = payloads.event_object(args, self.config.max_event_bytes)
         who = self.auth.identify(userinfo, self.delivery.by_sid[sid].claims)
+        seen = payloads.last_mids(userinfo.pop("lastMids", None))
         userinfo.pop("token", None)
         userinfo.setdefault("myAuraId", who.user)
-        self.delivery.login(sid, who, payloads.dumps(userinfo), request.remote_addr or "")
+        self.delivery.login(sid, who, payloads.dumps(userinfo), request.remote_addr or "", seen)
         return 1
 
     def on_refresh(self, sid: str, *args: Any) -> int:

@@ -5,6 +5,7 @@ developer can act on; callers turn that into an error ack, an HTTP answer or a l
 """
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 
 import orjson
@@ -78,6 +79,21 @@ def same_user(payload: dict, field: str, user: str) -> None:
     """A client may repeat its own id in a payload, never another one (seed bug 5)."""
     if field in payload and str(payload[field]) != user:
         raise PayloadError(f"{field} does not match the logged-in user")
+
+
+_MID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+def last_mids(value: Any) -> dict[str, str]:
+    """``lastMids`` of a login: the last chat and notification ids the client has seen."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not set(value) <= {"chat", "notification"}:
+        raise PayloadError('lastMids must be {"chat": mid, "notification": mid}')
+    for mid in value.values():
+        if not isinstance(mid, str) or not _MID.fullmatch(mid):
+            raise PayloadError("lastMids holds an id that is not a mid")
+    return value
 
 
 class Notification(NamedTuple):

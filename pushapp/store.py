@@ -194,6 +194,12 @@ class Store:
         rows = self.redis.xrange(self.stream_key(kind, user), start, "+", count=count)
         return [Entry(_text(msg_id), fields[b"m"]) for msg_id, fields in rows]
 
+    def remove_through(self, kind: str, user: str, msg_id: str) -> int:
+        """Remove every message up to and including ``msg_id``: one command, so messages
+        stored meanwhile, which have later ids, stay."""
+        ms, seq = msg_id.split("-")
+        return self.redis.xtrim(self.stream_key(kind, user), minid=f"{ms}-{int(seq) + 1}")
+
     def pending_count(self, kind: str, user: str) -> int:
         return self.redis.xlen(self.stream_key(kind, user))
 

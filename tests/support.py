@@ -32,6 +32,13 @@ def uid(prefix: str = "u") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+def without_mids(value: Any) -> Any:
+    """A delivered message (or list of them) without the ``mid`` the gateway added."""
+    if isinstance(value, list):
+        return [without_mids(item) for item in value]
+    return {key: item for key, item in value.items() if key != "mid"}
+
+
 def wait_for(check: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -114,8 +121,9 @@ class Gateway:
         return self.prefix + ":".join(parts)
 
     def publish(self, channel: str, message: Any) -> None:
+        """Publish as a careful business server does: again while no gateway hears it."""
         data = message if isinstance(message, (bytes, str)) else json.dumps(message)
-        self.redis.publish(channel, data)
+        wait_for(lambda: self.redis.publish(channel, data) > 0, what=f"a listener on {channel}")
 
     def pending(self, kind: str, user: str) -> list[dict]:
         """What the store holds for ``user`` (kind ``chat`` or ``notif``), oldest first."""

@@ -6,7 +6,7 @@ import time
 
 import requests
 
-from support import Subscriber, uid, wait_for
+from support import Subscriber, uid, wait_for, without_mids
 
 
 def test_login_binds_user_and_publishes_userinfo(gateway, clients, channels, user):
@@ -43,7 +43,7 @@ def test_login_delivers_stored_chats_and_notifications(gateway, clients, user):
     wait_for(lambda: gateway.pending("chat", user) and gateway.pending("notif", user))
     client = clients()
     client.login(user)
-    assert json.loads(client.expect("chat")) == [
+    assert without_mids(json.loads(client.expect("chat"))) == [
         {"from": "bob", "to": user, "text": "while you were out"}]
     assert json.loads(client.expect("notification"))["title"] == "n1"
     wait_for(lambda: not gateway.pending("chat", user) and not gateway.pending("notif", user),
@@ -82,7 +82,7 @@ def test_geo_delivers_what_is_stored(gateway, clients, user):
     # was away, say) goes out at the next geo.
     gateway.redis.xadd(gateway.key("chat", user), {"m": json.dumps({"to": user, "n": 1})})
     assert client.call("geo", {"lat": 1}) == 1
-    assert json.loads(client.expect("chat")) == [{"to": user, "n": 1}]
+    assert without_mids(json.loads(client.expect("chat"))) == [{"to": user, "n": 1}]
 
 
 def test_disconnect_unbinds_the_user(gateway, clients, user):
@@ -109,7 +109,10 @@ def test_snschat_to_online_user_is_stored_archived_and_sent(gateway, clients, ch
     client.login(user)
     message = {"from": "bob", "to": user, "text": "hello", "extra": {"kept": True}}
     gateway.publish("snschat", message)
-    assert json.loads(client.expect("chat")) == [message]
+    (received,) = json.loads(client.expect("chat"))
+    assert without_mids(received) == message
+    [(stored_id, _)] = gateway.redis.xrange(gateway.key("chat", user))
+    assert received["mid"] == stored_id.decode(), "each delivery carries its stored id"
     assert channels.expect("chat_message_history_channel",
                            lambda m: m.get("to") == user) == message
     assert gateway.pending("chat", user) == [message]
@@ -235,9 +238,11 @@ def test_direct_filter_routes_chat_between_users(direct_gateway):
         a.login(alice)
         b.login(bob)
         assert a.call("chat", {"from": alice, "to": bob, "text": "direct"}) == 1
-        assert json.loads(b.expect("chat")) == [{"from": alice, "to": bob, "text": "direct"}]
+        assert without_mids(json.loads(b.expect("chat"))) == [
+            {"from": alice, "to": bob, "text": "direct"}]
         assert a.call("chat", {"to": bob, "text": "no from"}) == 1
-        assert json.loads(b.expect("chat")) == [{"to": bob, "text": "no from", "from": alice}]
+        assert without_mids(json.loads(b.expect("chat"))) == [
+            {"to": bob, "text": "no from", "from": alice}]
     finally:
         a.close()
         b.close()
