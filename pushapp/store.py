@@ -198,7 +198,8 @@ class Store:
         """Remove every message up to and including ``msg_id``: one command, so messages
         stored meanwhile, which have later ids, stay."""
         ms, seq = msg_id.split("-")
-        return self.redis.xtrim(self.stream_key(kind, user), minid=f"{ms}-{int(seq) + 1}")
+        return self.redis.xtrim(self.stream_key(kind, user), minid=f"{ms}-{int(seq) + 1}",
+                                approximate=False)
 
     def pending_count(self, kind: str, user: str) -> int:
         return self.redis.xlen(self.stream_key(kind, user))

@@ -1,0 +1,135 @@
+"""The delivery promise: ids on every stored delivery, acks by count or id, resends,
+one push per pending period, and recovery from the last id a client has seen."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from support import Subscriber, uid, wait_for
+
+
+@pytest.fixture(scope="module")
+def eager(start_gateway):
+    """A gateway that resends after 1 s without an ack, and asks for a push after 2.5 s."""
+    return start_gateway(ACK_TIMEOUT=1, PUSH_DELAY=2.5)
+
+
+def _login(gateway, user, **extra):
+    raw = gateway.raw()
+    assert raw.call("login", {"myAuraId": user, "deviceId": "d", **extra}) == [1]
+    return raw
+
+
+def _chat_batch(raw, timeout=5):
+    (batch,), ack_id = raw.expect("chat", timeout=timeout)
+    return json.loads(batch), ack_id
+
+
+def test_stored_notifications_carry_their_mid(gateway, user):
+    raw = _login(gateway, user)
+    gateway.publish("notification", {"toWho": [user], "needStore": True, "n": 1})
+    (text,), ack_id = raw.expect("notification")
+    notification = json.loads(text)
+    [(stored_id, _)] = gateway.redis.xrange(gateway.key("notif", user))
+    assert notification == {"toWho": [user], "needStore": True, "n": 1,
+                            "mid": stored_id.decode()}
+    raw.ack(ack_id)
+    wait_for(lambda: gateway.pending("notif", user) == [])
+    raw.close()
+
+
+def test_a_business_mid_is_overridden_by_the_stored_one(gateway, user):
+    raw = _login(gateway, user)
+    gateway.publish("snschat", {"from": "a", "to": user, "mid": "fake"})
+    (message,), _ = _chat_batch(raw)
+    assert message["mid"] != "fake" and message["mid"].count("-") == 1
+    raw.close()
+
+
+def test_ack_by_mids_removes_exactly_those(gateway, user):
+    for n in range(3):
+        gateway.publish("snschat", {"from": "a", "to": user, "n": n})
+    wait_for(lambda: len(gateway.pending("chat", user)) == 3)
+    raw = _login(gateway, user)
+    batch, ack_id = _chat_batch(raw)
+    raw.ack(ack_id, [batch[1]["mid"], "1-1"])
+    wait_for(lambda: [m["n"] for m in gateway.pending("chat", user)] == [0, 2])
+    raw.close()
+
+
+def test_unacked_chats_are_resent_with_the_same_mids(eager):
+    user = uid()
+    raw = _login(eager, user)
+    eager.publish("snschat", {"from": "a", "to": user, "n": 1})
+    first, _ = _chat_batch(raw)
+    again, ack_id = _chat_batch(raw, timeout=3)
+    assert again == first, "a resend must carry the same messages and mids"
+    raw.ack(ack_id, 1)
+    wait_for(lambda: eager.pending("chat", user) == [])
+    raw.close()
+
+
+def test_unacked_notifications_are_resent(eager):
+    user = uid()
+    raw = _login(eager, user)
+    eager.publish("notification", {"toWho": [user], "needStore": True, "n": 1})
+    (first,), _ = raw.expect("notification")
+    (again,), ack_id = raw.expect("notification", timeout=3)
+    assert again == first
+    raw.ack(ack_id)
+    wait_for(lambda: eager.pending("notif", user) == [])
+    raw.close()
+
+
+def test_resends_ask_for_one_mobile_push_per_pending_period(eager):
+    user = uid()
+    pushes = Subscriber(eager.redis_server.url, "chat_message_channel")
+    raw = _login(eager, user)
+    try:
+        eager.publish("snschat", {"from": "a", "to": user, "n": 1})
+        resends = 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                raw.expect("chat", timeout=deadline - time.monotonic())
+                resends += 1
+            except AssertionError:
+                break
+        assert resends >= 3, "the batch should have been resent every second"
+        pushes.expect("chat_message_channel", lambda m: m["toWho"] == user, timeout=1)
+        with pytest.raises(AssertionError):
+            pushes.expect("chat_message_channel", lambda m: m["toWho"] == user, timeout=1)
+    finally:
+        pushes.close()
+        raw.close()
+
+
+def test_login_with_last_mids_gets_only_what_came_after(gateway, user):
+    for n in range(3):
+        gateway.publish("snschat", {"from": "a", "to": user, "n": n})
+    gateway.publish("notification", {"toWho": [user], "needStore": True, "n": 0})
+    gateway.publish("notification", {"toWho": [user], "needStore": True, "n": 1})
+    wait_for(lambda: len(gateway.pending("chat", user)) == 3
+             and len(gateway.pending("notif", user)) == 2)
+    first = _login(gateway, user)
+    batch, _ = _chat_batch(first)
+    (notification,), _ = first.expect("notification")
+    first.drop()
+    seen = {"chat": batch[1]["mid"], "notification": json.loads(notification)["mid"]}
+    second = _login(gateway, user, lastMids=seen)
+    rest, ack_id = _chat_batch(second)
+    assert [m["n"] for m in rest] == [2]
+    (later,), _ = second.expect("notification")
+    assert json.loads(later)["n"] == 1
+    assert [m["n"] for m in gateway.pending("chat", user)] == [2]
+    second.close()
+
+
+@pytest.mark.parametrize("value", ["m1", {"chat": "x"}, {"other": "1-1"}, {"chat": 5}])
+def test_bad_last_mids_are_refused(gateway, user, value):
+    raw = gateway.raw()
+    answer = raw.call("login", {"myAuraId": user, "lastMids": value})[0]
+    assert "lastMids" in answer["error"]
+    raw.close()
