@@ -23,12 +23,15 @@ import redis
 
 from . import payloads
 from .config import Config
+from .inbox import Inbox
 from .routing import Router
 from .store import Store
 
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 5.0
+# How long a message heard while Redis fails is kept and retried before it is given up.
+_STORE_RETRY = 30
 # How often the listener looks whether the lease changed hands, at most.
 _LEASE_CHECK = 0.2
 
@@ -72,7 +75,9 @@ class Bridge:
 
     def start(self) -> None:
         self._running = True
-        self._greenlets = [gevent.spawn(self._keepalive), gevent.spawn(self._listen)]
+        inbox = Inbox(self.config, self.store, self.node, lambda: self.leader, self.route)
+        self._greenlets = [gevent.spawn(self._keepalive), gevent.spawn(self._listen),
+                           gevent.spawn(inbox.run)]
 
     def close(self) -> None:
         """Stop, and hand the lease and this node's users over without waiting for TTLs."""
@@ -155,20 +160,45 @@ class Bridge:
                 self.handle(message["channel"].decode(), message["data"])
 
     def handle(self, channel: str, data: bytes) -> None:
-        """One pub/sub message. Nothing it carries may raise out of here."""
+        """One pub/sub message. Nothing it carries may raise out of here. Business messages
+        are stored only by the lease holder (a worker that has just lost the lease may still
+        hear one before it unsubscribes)."""
+        if channel != self.node_channel and not self.leader:
+            return
         try:
-            if channel == self.node_channel:
-                self.router.on_signal(orjson.loads(data))
-            elif not self.leader:
-                return
-            elif channel == self.config.channel_snschat:
-                self.router.chat(payloads.parse_object(data, "snschat message"), data)
-            elif channel == self.config.channel_notification:
-                self.router.notification(payloads.parse_object(data, "notification"), data)
+            self.route(channel, data)
         except payloads.PayloadError as exc:
             log.warning("skipped a message on %s: %s: %.200r", channel, exc, data)
         except redis.RedisError as exc:
-            log.error("message on %s not stored, Redis failed (%s): %.200r", channel, exc, data)
+            self._retry(channel, data, exc)
         except Exception:
             log.exception("skipped a message on %s that could not be handled: %.200r",
                           channel, data)
+
+    def route(self, channel: str, data: bytes) -> None:
+        """Hand a message to the router by the channel it came on (or names, in the inbox)."""
+        if channel == self.node_channel:
+            self.router.on_signal(orjson.loads(data))
+        elif channel == self.config.channel_snschat:
+            self.router.chat(payloads.parse_object(data, "snschat message"), data)
+        elif channel == self.config.channel_notification:
+            self.router.notification(payloads.parse_object(data, "notification"), data)
+
+    def _retry(self, channel: str, data: bytes, exc: Exception) -> None:
+        """A message heard but not stored because Redis failed: Redis is most likely
+        restarting, and the listener cannot hear anything else meanwhile, so keep trying
+        (with backoff) for ``_STORE_RETRY`` seconds before giving it up."""
+        log.warning("message on %s not stored yet, Redis failed (%s); retrying", channel, exc)
+        deadline, delay = time.monotonic() + _STORE_RETRY, 0.1
+        while self._running and time.monotonic() < deadline:
+            gevent.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            try:
+                self.route(channel, data)
+            except redis.RedisError as again:
+                exc = again
+                continue
+            log.info("message on %s stored after Redis came back", channel)
+            return
+        log.error("message on %s lost, Redis failed for %ds (%s): %.200r", channel,
+                  _STORE_RETRY, exc, data)

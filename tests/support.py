@@ -136,8 +136,17 @@ class Gateway:
     def client(self, **kwargs: Any) -> "Client":
         return Client(self.url, **kwargs)
 
-    def raw(self) -> "RawClient":
-        return RawClient(self.port)
+    def raw(self, auto_ack: bool = False) -> "RawClient":
+        return RawClient(self.port, auto_ack)
+
+    def worker_pid(self) -> int:
+        """The pid of the worker serving now, from the node name it reports."""
+        return int(self.wait_ready()["node"].split(":")[1])
+
+    def worker_rss(self) -> int:
+        """Resident memory of the worker, in bytes."""
+        status = Path(f"/proc/{self.worker_pid()}/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0]) * 1024
 
 
 class Subscriber:
@@ -270,9 +279,13 @@ class Client:
 
 
 class RawClient:
-    """A Socket.IO v4 client speaking the frames itself over a real websocket."""
+    """A Socket.IO v4 client speaking the frames itself over a real websocket. With
+    ``auto_ack`` it acks every ``chat`` batch (with its count) and ``notification`` as it
+    arrives and keeps the messages in ``received`` instead of queueing the events."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, auto_ack: bool = False) -> None:
+        self.auto_ack = auto_ack
+        self.received: list[dict] = []
         self.ws = websocket.create_connection(
             f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket", timeout=WAIT)
         opening = self.ws.recv()
@@ -302,12 +315,21 @@ class RawClient:
                     self._acks.pop(ack_id, queue.Queue()).put(data)
                 elif frame.startswith("42"):
                     ack_id, data = _split_id(frame[2:])
-                    self.events.put((data[0], data[1:], ack_id))
+                    if self.auto_ack and data[0] in ("chat", "notification"):
+                        self._take(data[0], json.loads(data[1]), ack_id)
+                    else:
+                        self.events.put((data[0], data[1:], ack_id))
                 elif frame.startswith("41") or frame.startswith("1"):
                     break
         except (websocket.WebSocketException, OSError):
             pass
         self.closed.set()
+
+    def _take(self, event: str, payload: Any, ack_id: int | None) -> None:
+        messages = payload if event == "chat" else [payload]
+        self.received.extend(messages)
+        if ack_id is not None:
+            self.ack(ack_id, len(messages) if event == "chat" else 1)
 
     def emit(self, event: str, *args: Any) -> None:
         self.ws.send("42" + json.dumps([event, *args]))

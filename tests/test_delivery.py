@@ -133,3 +133,19 @@ def test_bad_last_mids_are_refused(gateway, user, value):
     answer = raw.call("login", {"myAuraId": user, "lastMids": value})[0]
     assert "lastMids" in answer["error"]
     raw.close()
+
+
+def test_the_inbox_stream_is_a_durable_way_in(gateway, user):
+    raw = _login(gateway, user)
+    inbox = gateway.key("inbox")
+    gateway.redis.xadd(inbox, {"channel": "snschat", "data": json.dumps({"to": user, "n": 1})})
+    gateway.redis.xadd(inbox, {"channel": "elsewhere", "data": "{}"})
+    gateway.redis.xadd(inbox, {"channel": "snschat", "data": "not json"})
+    gateway.redis.xadd(inbox, {"channel": "notification",
+                               "data": json.dumps({"toWho": [user], "needStore": True})})
+    (message,), _ = _chat_batch(raw)
+    assert message["n"] == 1
+    raw.expect("notification")
+    wait_for(lambda: gateway.redis.xlen(inbox) == 0, what="every entry to be acknowledged")
+    assert "inbox: skipped entry" in gateway.log_text()
+    raw.close()
