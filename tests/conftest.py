@@ -6,7 +6,6 @@ database of a server and two gateways must not both take one channel message.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest

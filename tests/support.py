@@ -50,6 +50,35 @@ def wait_for(check: Callable[[], Any], timeout: float = WAIT, what: str = "condi
         time.sleep(0.02)
 
 
+class Mailbox:
+    """What a client or subscriber received, in order; ``take`` finds the first item a
+    test is waiting for and keeps the others for later calls."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self.backlog: list[Any] = []
+
+    def put(self, item: Any) -> None:
+        self.queue.put(item)
+
+    def take(self, accept: Callable[[Any], bool], timeout: float, what: str) -> Any:
+        for index, item in enumerate(self.backlog):
+            if accept(item):
+                return self.backlog.pop(index)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {what} within {timeout}s; got {self.backlog[-10:]}")
+            try:
+                item = self.queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if accept(item):
+                return item
+            self.backlog.append(item)
+
+
 class Gateway:
     """pushapp under gunicorn, as deployed: ``gunicorn -c gunicorn.conf.py wsgi:app``."""
 
@@ -156,39 +185,22 @@ class Subscriber:
         self.client = redis.Redis.from_url(redis_url)
         self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(*channels)
-        self.messages: queue.Queue = queue.Queue()
-        self.seen: list[tuple[str, Any]] = []
+        self.messages = Mailbox()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
             for message in self.pubsub.listen():
-                self.messages.put((message["channel"].decode(), message["data"].decode()))
+                self.messages.put((message["channel"].decode(), json.loads(message["data"])))
         except (redis.RedisError, ValueError, AttributeError):
             return
 
     def expect(self, channel: str, match: Callable[[Any], bool] = lambda m: True,
                timeout: float = WAIT) -> Any:
         """The first message on ``channel`` (decoded from JSON) that ``match`` accepts."""
-        for index, (seen_channel, value) in enumerate(self.seen):
-            if seen_channel == channel and match(value):
-                del self.seen[index]
-                return value
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"nothing matching on {channel} within {timeout}s; "
-                                     f"seen: {self.seen[-10:]}")
-            try:
-                seen_channel, data = self.messages.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            value = json.loads(data)
-            if seen_channel == channel and match(value):
-                return value
-            self.seen.append((seen_channel, value))
+        return self.messages.take(lambda item: item[0] == channel and match(item[1]),
+                                  timeout, f"message on {channel}")[1]
 
     def close(self) -> None:
         self.pubsub.close()
@@ -206,8 +218,7 @@ class Client:
         self.transports = list(transports)
         self.auth = auth
         self.chat_ack = chat_ack
-        self.events: queue.Queue = queue.Queue()
-        self.backlog: list[tuple[str, Any]] = []
+        self.events = Mailbox()
         self.sio = socketio.Client(reconnection=False)
         for name in ("chat", "notification", "logout", "error", "connect_error"):
             self.sio.on(name, self._recorder(name))
@@ -242,22 +253,8 @@ class Client:
     def expect(self, name: str, match: Callable[[Any], bool] = lambda d: True,
                timeout: float = WAIT) -> Any:
         """The next event ``name`` whose data ``match`` accepts (others are kept)."""
-        for index, (seen, data) in enumerate(self.backlog):
-            if seen == name and match(data):
-                del self.backlog[index]
-                return data
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {name} event within {timeout}s; got {self.backlog}")
-            try:
-                seen, data = self.events.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if seen == name and match(data):
-                return data
-            self.backlog.append((seen, data))
+        return self.events.take(lambda item: item[0] == name and match(item[1]),
+                                timeout, f"{name} event")[1]
 
     def expect_chats(self, count: int, timeout: float = WAIT) -> list[dict]:
         """Chat messages from as many ``chat`` batches as it takes to get ``count``."""
@@ -297,7 +294,7 @@ class RawClient:
         self.sid = json.loads(connected[2:])["sid"]
         self._ids = itertools.count(1)
         self._acks: dict[int, queue.Queue] = {}
-        self.events: queue.Queue = queue.Queue()
+        self.events = Mailbox()
         self.closed = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -346,17 +343,9 @@ class RawClient:
 
     def expect(self, name: str, timeout: float = WAIT) -> tuple[list, int | None]:
         """The next event ``name``: its arguments and the ack id to answer it with."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {name} event within {timeout}s")
-            try:
-                event, args, ack_id = self.events.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if event == name:
-                return args, ack_id
+        _, args, ack_id = self.events.take(lambda item: item[0] == name, timeout,
+                                           f"{name} event")
+        return args, ack_id
 
     def ack(self, ack_id: int, *args: Any) -> None:
         self.ws.send(f"43{ack_id}" + json.dumps(list(args)))

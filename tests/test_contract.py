@@ -33,7 +33,7 @@ def test_login_from_the_same_device_replaces_silently(gateway, clients, user):
     old.login(user, "phone")
     new.login(user, "phone")
     old.expect("disconnect")
-    assert ("logout", None) not in old.backlog
+    assert ("logout", None) not in old.events.backlog
     assert gateway.presence(user)[1] == new.sio.get_sid()
 
 

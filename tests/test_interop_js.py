@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import queue
 import shutil
 import subprocess
 import threading
@@ -19,7 +18,7 @@ from typing import Any, Callable
 
 import pytest
 
-from support import WAIT, Gateway, Subscriber, wait_for, without_mids
+from support import WAIT, Gateway, Mailbox, Subscriber, wait_for, without_mids
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 _EOF = {"type": "eof"}
@@ -65,8 +64,7 @@ class JsClient:
             [node, str(JS_DIR / "client.mjs"), url, transport], cwd=JS_DIR,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, bufsize=1)
-        self.lines: queue.Queue = queue.Queue()
-        self.backlog: list[dict] = []
+        self.lines = Mailbox()
         self.errors: list[str] = []
         self.connected: dict = {}
         self._ids = itertools.count(1)
@@ -94,26 +92,17 @@ class JsClient:
     def expect(self, kind: str, match: Callable[[dict], bool] = lambda line: True,
                timeout: float = WAIT) -> dict:
         """The next line of type ``kind`` that ``match`` accepts (others are kept)."""
-        for index, line in enumerate(self.backlog):
-            if line["type"] == kind and match(line):
-                return self.backlog.pop(index)
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {kind} line from node within {timeout}s; got "
-                                     f"{self.backlog}; stderr: {''.join(self.errors)}")
-            try:
-                line = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
+        def accept(line: Any) -> bool:
             if line is _EOF:
                 self.lines.put(_EOF)
-                raise AssertionError(f"node exited ({self.process.wait(WAIT)}) before a {kind} "
-                                     f"line; got {self.backlog}; stderr: {''.join(self.errors)}")
-            if line["type"] == kind and match(line):
-                return line
-            self.backlog.append(line)
+                raise AssertionError(f"node exited ({self.process.wait(WAIT)}) before a "
+                                     f"{kind} line; stderr: {''.join(self.errors)}")
+            return line["type"] == kind and match(line)
+
+        try:
+            return self.lines.take(accept, timeout, f"{kind} line from node")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; stderr: {''.join(self.errors)}") from None
 
     def event(self, name: str, timeout: float = WAIT) -> dict:
         """The next server event ``name``: its ``args`` and what the client ``acked``."""
