@@ -152,6 +152,12 @@ class Delivery:
         except redis.RedisError as exc:
             log.warning("could not unbind user=%s sid=%s: %s", conn.user, sid, exc)
 
+    def disconnect_all(self) -> None:
+        """Say goodbye to every socket of this worker: it is stopping."""
+        log.info("disconnecting %d sockets: the worker is stopping", len(self.by_sid))
+        for sid in list(self.by_sid):
+            self.server.disconnect(sid)
+
     def _forget(self, conn: Conn) -> None:
         conn.closed = True
         self.by_sid.pop(conn.sid, None)

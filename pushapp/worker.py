@@ -1,14 +1,20 @@
-"""The gunicorn worker: gevent-websocket's, with a bound on websocket frame size.
+"""The gunicorn worker: gevent-websocket's, with a bound on websocket frame size and a
+prompt goodbye to its clients when it stops.
 
 gevent-websocket reads a whole frame into memory before python-engineio can check its
 size, so one client announcing a 4 GB frame would make the worker try to buffer it. This
 handler refuses to read any frame larger than ``MAX_FRAME_BYTES``: the connection is
 closed instead.
+
+On SIGTERM gunicorn waits ``graceful_timeout`` for open requests, and a websocket never
+ends by itself: the worker disconnects its clients at once, so that they reconnect to a
+worker that stays (a new one, on a restart) instead of waiting to be cut off.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import gevent
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
 
@@ -37,3 +43,9 @@ class BoundedWebSocketHandler(WebSocketHandler):
 
 class GatewayWorker(GeventWebSocketWorker):
     wsgi_handler = BoundedWebSocketHandler
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        gateway = getattr(self.wsgi, "extensions", {}).get("pushapp")
+        if gateway is not None:
+            gevent.spawn(gateway.delivery.disconnect_all)

@@ -47,7 +47,9 @@ def start_gateway(start_redis: Callable[[], EmbeddedRedis],
 
     yield start
     for gateway in gateways:
-        gateway.stop()
+        gateway.terminate()
+    for gateway in gateways:
+        gateway.wait()
 
 
 @pytest.fixture(scope="session")

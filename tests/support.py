@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -132,13 +133,22 @@ class Gateway:
             raise AssertionError(f"{exc}\n{self.log_tail()}") from None
 
     def stop(self) -> None:
+        self.terminate()
+        self.wait()
+
+    def terminate(self) -> None:
+        """Ask gunicorn to stop (SIGTERM), without waiting."""
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+
+    def wait(self) -> None:
+        if self.process is None:
+            return
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -351,9 +361,11 @@ class RawClient:
         self.ws.send(f"43{ack_id}" + json.dumps(list(args)))
 
     def drop(self) -> None:
-        """Cut the connection without a disconnect packet, as a lost network would."""
-        self.ws.sock.shutdown(2)
-        self.ws.sock.close()
+        """Cut the connection without a disconnect packet, as a lost network would. (The
+        reader thread drops ``ws.sock`` as soon as the shutdown wakes it.)"""
+        sock = self.ws.sock
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
 
     def close(self) -> None:
         try:
