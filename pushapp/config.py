@@ -102,6 +102,12 @@ class Config:
     workers: int = _field("WORKERS", 1, _positive(int))
     worker_connections: int = _field("WORKER_CONNECTIONS", 50_000, _positive(int))
 
+    log_format: str = _field("LOG_FORMAT", "plain", _choice("plain", "json"))
+    metrics_dir: str = _field("METRICS_DIR", "")
+    api_max_body_bytes: int = _field("API_MAX_BODY_BYTES", 4_000_000, _positive(int))
+    api_max_batch: int = _field("API_MAX_BATCH", 1000, _positive(int))
+    idempotency_ttl: int = _field("IDEMPOTENCY_TTL", 24 * 3600, _positive(int))
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
         """Read every field from ``environ`` (default ``os.environ``); unset keeps the default."""

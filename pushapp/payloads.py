@@ -54,14 +54,22 @@ def user_id(value: Any, field: str, max_length: int) -> str:
     """A user id as text. Ids may be JSON strings or integers, as the seed's apps send them."""
     if value is None:
         raise PayloadError(f"{field} is missing")
+    problem = user_id_problem(value, max_length)
+    if problem:
+        raise PayloadError(f"{field} {problem}")
+    return str(value)
+
+
+def user_id_problem(value: Any, max_length: int) -> str | None:
+    """Why ``value`` is not a user id, or None; the HTTP API's schema checks with this too."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise PayloadError(f"{field} must be a string or an integer, not {_kind(value)}")
+        return f"must be a string or an integer, not {_kind(value)}"
     text = str(value)
     if not text.strip():
-        raise PayloadError(f"{field} must not be empty")
+        return "must not be empty"
     if len(text) > max_length:
-        raise PayloadError(f"{field} is longer than {max_length} characters")
-    return text
+        return f"is longer than {max_length} characters"
+    return None
 
 
 def optional_text(value: Any, field: str, max_length: int) -> str:
@@ -112,9 +120,17 @@ def notification(message: dict, max_recipients: int, max_id_length: int) -> Noti
         raise PayloadError(f"toWho has {len(users)} recipients, the limit is {max_recipients}")
     clean = list(dict.fromkeys(user_id(u, "toWho[]", max_id_length) for u in users))
     need_store = message.get("needStore", False)
-    if need_store in (0, 1) and not isinstance(need_store, float):
-        return Notification(clean, bool(need_store))
-    raise PayloadError(f"needStore must be true or false, not {_kind(need_store)}")
+    problem = need_store_problem(need_store)
+    if problem:
+        raise PayloadError(f"needStore {problem}")
+    return Notification(clean, bool(need_store))
+
+
+def need_store_problem(value: Any) -> str | None:
+    """Why ``value`` is not a needStore flag (the seed's apps send booleans or 0/1), or None."""
+    if value in (0, 1) and not isinstance(value, float):
+        return None
+    return f"must be true or false, not {_kind(value)}"
 
 
 def _kind(value: Any) -> str:
