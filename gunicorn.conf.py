@@ -1,11 +1,14 @@
 """gunicorn settings for pushapp; every value comes from pushapp.config (see README).
 
 Run: ``gunicorn -c gunicorn.conf.py wsgi:app``. With ``REDIS_URL`` unset the master starts
-an embedded redis-server before the workers and stops it after them.
+an embedded redis-server before the workers and stops it after them, and gives the
+workers a directory for their metrics files.
 """
 import os
 import resource
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from pushapp.config import Config, ConfigError
@@ -17,6 +20,7 @@ except ConfigError as exc:
     sys.exit(f"pushapp: {exc}")
 _root = Path(__file__).resolve().parent
 _embedded = None
+_metrics_temp = None
 
 bind = _config.bind
 workers = _config.workers
@@ -34,6 +38,8 @@ accesslog = None
 control_socket_disable = True
 errorlog = "-"
 loglevel = _config.log_level.lower()
+if _config.log_format == "json":
+    logconfig_dict = {"formatters": {"generic": {"()": "pushapp.logs.JsonFormatter"}}}
 
 
 def _raise_open_files_limit() -> None:
@@ -46,8 +52,24 @@ def _raise_open_files_limit() -> None:
 _raise_open_files_limit()
 
 
+def _metrics_dir() -> None:
+    """An empty directory for the workers' metrics files, named in the environment before
+    any worker imports prometheus_client (which reads it at import). A directory the
+    operator chose is emptied of the last run's files; otherwise a new one is made."""
+    global _metrics_temp
+    if _config.metrics_dir:
+        path = Path(_config.metrics_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    else:
+        path = _metrics_temp = Path(tempfile.mkdtemp(prefix="pushapp-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+
 def on_starting(server):
     global _embedded
+    _metrics_dir()
     if os.environ.get("REDIS_URL"):
         return
     _embedded = EmbeddedRedis(_root / _config.data_dir)
@@ -58,9 +80,18 @@ def on_starting(server):
 
 
 def on_exit(server):
+    if _metrics_temp is not None:
+        shutil.rmtree(_metrics_temp, ignore_errors=True)
     if _embedded is not None:
         _embedded.stop()
         server.log.info("embedded redis-server stopped")
+
+
+def child_exit(server, worker):
+    """A dead worker's connections no longer count; its counters still do."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_worker_init(worker):

@@ -21,7 +21,7 @@ import gevent
 import orjson
 import redis
 
-from . import payloads
+from . import metrics, payloads
 from .config import Config
 from .inbox import Inbox
 from .routing import Router
@@ -135,6 +135,7 @@ class Bridge:
                 self._serve(pubsub)
             except (redis.RedisError, OSError) as exc:
                 log.warning("listener lost Redis (%s); reconnecting in %.1fs", exc, backoff)
+                metrics.LISTENER_RECONNECTS.inc()
             finally:
                 self.subscribed = self.hearing = False
                 pubsub.close()
@@ -169,11 +170,14 @@ class Bridge:
             self.route(channel, data)
         except payloads.PayloadError as exc:
             log.warning("skipped a message on %s: %s: %.200r", channel, exc, data)
+            metrics.ERRORS.labels("channel_message_invalid").inc()
         except redis.RedisError as exc:
+            metrics.ERRORS.labels("redis").inc()
             self._retry(channel, data, exc)
         except Exception:
             log.exception("skipped a message on %s that could not be handled: %.200r",
                           channel, data)
+            metrics.ERRORS.labels("internal").inc()
 
     def route(self, channel: str, data: bytes) -> None:
         """Hand a message to the router by the channel it came on (or names, in the inbox)."""
@@ -202,3 +206,4 @@ class Bridge:
             return
         log.error("message on %s lost, Redis failed for %ds (%s): %.200r", channel,
                   _STORE_RETRY, exc, data)
+        metrics.ERRORS.labels("channel_message_lost").inc()

@@ -19,7 +19,7 @@ import gevent
 import redis
 import socketio
 
-from . import payloads
+from . import logs, metrics, payloads
 from .config import Config
 from .identity import Identity
 from .store import Entry, Presence, Store
@@ -88,7 +88,8 @@ class Delivery:
         self.set_expiry(conn, who.expires)
         old = self.store.bind(who.user, Presence(self.node, sid, who.device, _now_ms()))
         self.by_user[who.user] = conn
-        log.info("login user=%s device=%s sid=%s address=%s", who.user, who.device, sid, address)
+        logs.event(log, "login", user=who.user, device=who.device, sid=sid, address=address)
+        metrics.LOGINS.inc()
         if old is not None and old.sid != sid:
             logout = bool(old.device and who.device and old.device != who.device)
             self.kick_everywhere(old, who.user, logout)
@@ -109,7 +110,8 @@ class Delivery:
         conn = self.by_sid.get(sid)
         if conn is None or conn.user != user:
             return
-        log.info("kick user=%s device=%s sid=%s logout=%s", user, conn.device, sid, logout)
+        logs.event(log, "kick", user=user, device=conn.device, sid=sid,
+                   address=self._address(sid), logout=logout)
         self._forget(conn)
         if logout:
             self.server.emit("logout", to=sid)
@@ -146,11 +148,17 @@ class Delivery:
         self._forget(conn)
         if conn.user is None:
             return
-        log.info("disconnect user=%s device=%s sid=%s", conn.user, conn.device, sid)
+        logs.event(log, "disconnect", user=conn.user, device=conn.device, sid=sid,
+                   address=self._address(sid))
         try:
             self.store.unbind(conn.user, sid)
         except redis.RedisError as exc:
             log.warning("could not unbind user=%s sid=%s: %s", conn.user, sid, exc)
+            metrics.ERRORS.labels("redis").inc()
+
+    def _address(self, sid: str) -> str:
+        """The socket's peer address, from the environ Engine.IO keeps anyway."""
+        return (self.server.get_environ(sid) or {}).get("REMOTE_ADDR", "")
 
     def disconnect_all(self) -> None:
         """Say goodbye to every socket of this worker: it is stopping."""
@@ -181,6 +189,7 @@ class Delivery:
             conn = self.by_user.get(user)
             if conn is not None:
                 self.server.emit("notification", raw, to=conn.sid)
+                metrics.MESSAGES_OUT.labels("notification").inc()
 
     def flush(self, conn: Conn, kinds: int) -> None:
         """Send what is stored after the socket's cursors. If a flush of that kind is
@@ -196,6 +205,7 @@ class Delivery:
                 self._drain(conn, kind)
             except redis.RedisError as exc:
                 log.warning("delivery to user=%s postponed, Redis failed: %s", conn.user, exc)
+                metrics.ERRORS.labels("redis").inc()
             finally:
                 conn.busy &= ~kind
 
@@ -204,7 +214,8 @@ class Delivery:
         while not conn.closed:
             conn.dirty &= ~kind
             cursor = conn.chat_cursor if kind == CHAT else conn.notif_cursor
-            entries = self.store.read(_KIND_NAMES[kind], conn.user, cursor, count)
+            entries, resent = self.store.read(_KIND_NAMES[kind], conn.user, cursor, count)
+            metrics.resent(_KIND_NAMES[kind], resent)
             if entries:
                 if kind == CHAT:
                     self._send_chats(conn, entries)
@@ -220,6 +231,7 @@ class Delivery:
         ids = [entry.id for entry in entries]
         self.server.emit("chat", batch.decode(), to=conn.sid,
                          callback=partial(self._chats_acked, conn, ids))
+        metrics.MESSAGES_OUT.labels("chat").inc(len(ids))
         conn.unacked_chats += 1
         self._watch_acks(conn)
 
@@ -230,11 +242,14 @@ class Delivery:
         if taken is None:
             log.warning("chat ack from user=%s is neither a count nor mids: %.100r",
                         conn.user, args[:1])
+            metrics.ERRORS.labels("bad_ack").inc()
             return
         try:
             self.store.remove("chat", conn.user, taken)
+            metrics.acked("chat", taken)
         except redis.RedisError as exc:
             log.warning("chat ack of user=%s not applied, Redis failed: %s", conn.user, exc)
+            metrics.ERRORS.labels("redis").inc()
         conn.unacked_chats = max(0, conn.unacked_chats - 1)
         self._stop_watch_if_acked(conn)
 
@@ -243,14 +258,17 @@ class Delivery:
             self.server.emit("notification", with_mid(entry.raw, entry.id).decode(),
                              to=conn.sid,
                              callback=partial(self._notification_acked, conn, entry.id))
+        metrics.MESSAGES_OUT.labels("notification").inc(len(entries))
         conn.unacked_notifs += len(entries)
         self._watch_acks(conn)
 
     def _notification_acked(self, conn: Conn, msg_id: str, *args: Any) -> None:
         try:
             self.store.remove("notif", conn.user, [msg_id])
+            metrics.acked("notif", [msg_id])
         except redis.RedisError as exc:
             log.warning("notification ack of user=%s not applied: %s", conn.user, exc)
+            metrics.ERRORS.labels("redis").inc()
         conn.unacked_notifs = max(0, conn.unacked_notifs - 1)
         self._stop_watch_if_acked(conn)
 
@@ -305,6 +323,7 @@ class Delivery:
             self.store.publish(self.config.channel_chat_push, payloads.dumps({"toWho": user}))
         except redis.RedisError as exc:
             log.warning("mobile push for user=%s not published, Redis failed: %s", user, exc)
+            metrics.ERRORS.labels("redis").inc()
 
 
 def with_mid(raw: bytes, mid: str) -> bytes:

@@ -19,7 +19,7 @@ import socketio
 from flask import request
 from flask_socketio import SocketIO
 
-from . import payloads
+from . import logs, metrics, payloads
 from .config import Config
 from .delivery import CHAT, NOTIF, Conn, Delivery
 from .identity import AuthError, Authenticator
@@ -57,6 +57,7 @@ class GatewayServer(socketio.Server):
         except (ValueError, TypeError, IndexError, KeyError, RecursionError) as exc:
             log.warning("dropped a malformed packet from eio_sid=%s: %s: %.100r",
                         eio_sid, type(exc).__name__, data)
+            metrics.ERRORS.labels("malformed_packet").inc()
 
     def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):  # noqa: A002
         token = _ack_requested.set(id is not None)
@@ -96,6 +97,7 @@ class Events:
                 return self._reject(sid, name, "not connected")
             verdict = self.limiter.check(conn)
             if verdict is not Verdict.ALLOW:
+                metrics.ERRORS.labels("rate_limited").inc()
                 limit = f"rate limited: at most {self.config.rate_limit:g} events per second"
                 if verdict is Verdict.ABUSE:
                     log.warning("disconnecting sid=%s address=%s: event flood", sid,
@@ -105,16 +107,20 @@ class Events:
             try:
                 return handler(sid, *args)
             except AuthError as exc:
+                metrics.ERRORS.labels("auth_refused").inc()
                 log.warning("%s refused sid=%s address=%s: %s", name, sid, request.remote_addr,
                             exc)
                 return self._reject(sid, name, str(exc), close=True)
             except payloads.PayloadError as exc:
+                metrics.ERRORS.labels("client_event_invalid").inc()
                 return self._reject(sid, name, str(exc))
             except redis.RedisError as exc:
                 log.error("%s from sid=%s failed, Redis unavailable: %s", name, sid, exc)
+                metrics.ERRORS.labels("redis").inc()
                 return self._reject(sid, name, "temporarily unavailable, try again")
             except Exception:
                 log.exception("%s from sid=%s failed", name, sid)
+                metrics.ERRORS.labels("internal").inc()
                 return self._reject(sid, name, "internal error")
 
         return guarded
@@ -148,11 +154,13 @@ class Events:
             try:
                 claims = self.auth.verify(auth["token"])
             except AuthError as exc:
+                metrics.ERRORS.labels("auth_refused").inc()
                 log.warning("connect refused sid=%s address=%s: %s", sid, address, exc)
                 raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         self.per_address[address] = self.per_address.get(address, 0) + 1
         self.delivery.connect(sid).claims = claims
-        log.info("connect sid=%s address=%s", sid, address)
+        logs.event(log, "connect", sid=sid, address=address)
+        metrics.CONNECTIONS.inc()
 
     def on_disconnect(self, reason: Any = None) -> None:
         address = request.remote_addr or ""
@@ -161,6 +169,7 @@ class Events:
             self.per_address[address] = left
         else:
             self.per_address.pop(address, None)
+        metrics.CONNECTIONS.dec()
         self.delivery.disconnect(request.sid)
 
     def on_unknown(self, sid: str, event: Any, *args: Any) -> None:

@@ -1,6 +1,6 @@
 """Messages from business servers: store them, then signal the node holding each recipient.
 
-The pub/sub listener, ``CHAT_FILTER=direct`` chats and (later) the HTTP API all enter here,
+The pub/sub listener, ``CHAT_FILTER=direct`` chats and the HTTP API all enter here,
 so a message is handled the same way whichever way it came in. Signals to another worker
 go over that worker's own channel, ``<prefix>node:<node>``.
 """
@@ -10,7 +10,7 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from . import payloads
+from . import metrics, payloads
 from .config import Config
 from .delivery import CHAT, NOTIF, Delivery
 from .store import Placement, Store
@@ -30,6 +30,7 @@ class Router:
         Returns, per recipient, the stored id and the node it was online at."""
         to = payloads.user_id(message.get("to"), "to", self.config.max_user_id_length)
         placement = self.store.store_chat(to, raw)
+        metrics.MESSAGES_IN.labels("chat").inc()
         if placement.node is None:
             self.delivery.push(to)
         else:
@@ -42,6 +43,7 @@ class Router:
         users, need_store = payloads.notification(
             message, self.config.max_recipients, self.config.max_user_id_length)
         placements = self.store.store_notification(users, raw, need_store)
+        metrics.MESSAGES_IN.labels("notification").inc()
         by_node: dict[str, list[str]] = defaultdict(list)
         for user, placement in zip(users, placements):
             if placement.node is not None:

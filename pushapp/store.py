@@ -5,10 +5,14 @@ stream id is the message's unique, ordered id, XADD/XDEL change one entry withou
 the rest, and MAXLEN/MINID bound it. Steps that must happen together (store, trim, expire,
 archive, look up where the user is) run as one Lua script. Presence is one hash, user ->
 ``[node, sid, device, since_ms]``; a node counts only while its heartbeat in the ``nodes``
-hash is fresh, so users of a crashed worker read as offline.
+hash is fresh, so users of a crashed worker read as offline. A small hash per user,
+``sent:<user>``, remembers the newest id sent of each kind, so that a message sent again
+(to a new login, say, because the last one did not ack) counts as a redelivery.
 """
 from __future__ import annotations
 
+import itertools
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
@@ -19,6 +23,8 @@ import redis
 from .config import Config
 
 KINDS = ("chat", "notif")
+# How the HTTP API and the metrics name the kinds.
+KIND_NAMES = {"chat": "chat", "notif": "notification"}
 
 _LIVE_NODE = """
 local function live_node(user, now)
@@ -58,6 +64,37 @@ for i = 7, #ARGV do
   out[#out + 1] = live_node(ARGV[i], now)
 end
 return out
+"""
+
+# KEYS: online, nodes. ARGV: user, now_ms. The user's presence if their node is alive.
+_PRESENCE = _LIVE_NODE + """
+if live_node(ARGV[1], tonumber(ARGV[2])) then return redis.call('HGET', KEYS[1], ARGV[1]) end
+return false
+"""
+
+# KEYS: stream, sent marks. ARGV: start, count, kind, ttl_ms. Returns how many of the rows
+# were sent before (ids up to the mark), then the rows; moves the mark past them.
+_READ = """
+local function before(a, b)
+  local ams, aseq = string.match(a, '(%d+)-(%d+)')
+  local bms, bseq = string.match(b, '(%d+)-(%d+)')
+  ams, bms = tonumber(ams), tonumber(bms)
+  return ams < bms or (ams == bms and tonumber(aseq) <= tonumber(bseq))
+end
+local rows = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+if #rows == 0 then return {0, rows} end
+local mark = redis.call('HGET', KEYS[2], ARGV[3])
+local seen = 0
+if mark then
+  for _, row in ipairs(rows) do
+    if before(row[1], mark) then seen = seen + 1 else break end
+  end
+end
+if seen < #rows then
+  redis.call('HSET', KEYS[2], ARGV[3], rows[#rows][1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return {seen, rows}
 """
 
 # KEYS: online. ARGV: user, value. Returns the value it replaced.
@@ -114,6 +151,13 @@ class Placement(NamedTuple):
     node: str | None
 
 
+class Batch(NamedTuple):
+    """Pending messages read for a socket; the first ``resent`` of them were sent before."""
+
+    entries: list[Entry]
+    resent: int
+
+
 class Presence(NamedTuple):
     node: str
     sid: str
@@ -155,6 +199,8 @@ class Store:
         self.lease_key = config.key("ingest-lease")
         self._store_chat = client.register_script(_STORE_CHAT)
         self._store_notification = client.register_script(_STORE_NOTIFICATION)
+        self._presence = client.register_script(_PRESENCE)
+        self._read = client.register_script(_READ)
         self._bind = client.register_script(_BIND)
         self._unbind = client.register_script(_UNBIND)
         self._hold_lease = client.register_script(_HOLD_LEASE)
@@ -188,11 +234,15 @@ class Store:
         )
         return [Placement(i and _text(i), n and _text(n)) for i, n in zip(flat[::2], flat[1::2])]
 
-    def read(self, kind: str, user: str, after: str | None, count: int) -> list[Entry]:
-        """Pending messages of ``user``, oldest first, after id ``after`` (exclusive)."""
+    def read(self, kind: str, user: str, after: str | None, count: int) -> Batch:
+        """Pending messages of ``user``, oldest first, after id ``after`` (exclusive), to be
+        sent now: also says how many of them were sent before."""
         start = "(" + after if after else "-"
-        rows = self.redis.xrange(self.stream_key(kind, user), start, "+", count=count)
-        return [Entry(_text(msg_id), fields[b"m"]) for msg_id, fields in rows]
+        resent, rows = self._read(
+            keys=[self.stream_key(kind, user), self.config.key("sent", user)],
+            args=[start, count, kind, self.config.store_max_age * 1000])
+        return Batch([Entry(_text(msg_id), dict(zip(fields[::2], fields[1::2]))[b"m"])
+                      for msg_id, fields in rows], resent)
 
     def remove_through(self, kind: str, user: str, msg_id: str) -> int:
         """Remove every message up to and including ``msg_id``: one command, so messages
@@ -201,8 +251,36 @@ class Store:
         return self.redis.xtrim(self.stream_key(kind, user), minid=f"{ms}-{int(seq) + 1}",
                                 approximate=False)
 
-    def pending_count(self, kind: str, user: str) -> int:
-        return self.redis.xlen(self.stream_key(kind, user))
+    def pending_counts(self, user: str) -> dict[str, int]:
+        """Stored messages of each kind waiting for ``user``."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for kind in KINDS:
+                pipe.xlen(self.stream_key(kind, user))
+            return dict(zip(KINDS, pipe.execute()))
+
+    def clear(self, user: str, kinds: Sequence[str] = KINDS) -> dict[str, int]:
+        """Drop every stored message of ``kinds`` for ``user``; says how many went."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            for kind in kinds:
+                pipe.xlen(self.stream_key(kind, user))
+                pipe.delete(self.stream_key(kind, user))
+            return dict(zip(kinds, pipe.execute()[::2]))
+
+    def backlog(self) -> dict[str, int]:
+        """Stored messages of each kind, all users together. It walks every stream (SCAN),
+        so it is for an occasional scrape, not for a request path."""
+        totals = dict.fromkeys(KINDS, 0)
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.config.key_prefix) + "*"
+        keys = self.redis.scan_iter(match=pattern, count=1000, _type="stream")
+        while chunk := list(itertools.islice(keys, 1000)):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for key in chunk:
+                    pipe.xlen(key)
+                for key, length in zip(chunk, pipe.execute()):
+                    kind = _text(key)[len(self.config.key_prefix):].partition(":")[0]
+                    if kind in totals:
+                        totals[kind] += length
+        return totals
 
     def remove(self, kind: str, user: str, ids: Iterable[str]) -> int:
         """Remove exactly these messages; others, stored meanwhile, stay."""
@@ -218,7 +296,9 @@ class Store:
         return bool(self._unbind(keys=[self.online_key], args=[user, sid]))
 
     def presence(self, user: str) -> Presence | None:
-        return Presence.decode(self.redis.hget(self.online_key, user))
+        """The user's socket, if their node's heartbeat is fresh."""
+        return Presence.decode(self._presence(keys=[self.online_key, self.nodes_key],
+                                              args=[user, int(time.time() * 1000)]))
 
     def heartbeat(self, node: str, ttl: float) -> None:
         """Tell every node that ``node`` is alive for ``ttl`` more seconds."""
