@@ -9,7 +9,7 @@ import gevent
 from flask import Flask
 from flask_socketio import SocketIO
 
-from . import web
+from . import api, logs, web
 from .bridge import Bridge, node_name
 from .config import Config, ConfigError
 from .delivery import Delivery
@@ -42,8 +42,7 @@ def create_app(config: Config | None = None) -> Flask:
     if not config.redis_url:
         raise ConfigError("REDIS_URL is not set: point it at a Redis server, or start the "
                           "gateway with bin/serve, which starts an embedded one")
-    logging.basicConfig(level=config.log_level,
-                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    logs.setup(config)
     # gevent-websocket logs every HTTP request and websocket upgrade at INFO.
     logging.getLogger("geventwebsocket.handler").setLevel(
         max(logging.WARNING, logging.getLogger().level))
@@ -68,6 +67,7 @@ def create_app(config: Config | None = None) -> Flask:
     router = Router(config, store, delivery)
     Events(config, store, delivery, router, socketio.server).register(socketio)
     app.register_blueprint(web.bp)
+    api.init_app(app, config, store, router)
 
     bridge = Bridge(config, store, router)
     bridge.start()

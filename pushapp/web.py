@@ -1,21 +1,25 @@
-"""HTTP routes beside the sockets: the load balancer's check and readiness."""
+"""HTTP routes for operators beside the sockets: liveness, readiness and metrics."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from . import metrics
+from .openapi import CATALOG, TEXT
+from .schemas import Ready
+
 bp = Blueprint("web", __name__)
 
 
-@bp.get("/monitor")
+@CATALOG.route(bp, "GET", "/monitor", answers={200: TEXT}, public=True)
 def monitor() -> Response:
-    """Liveness, as the seed answered it: 200 ``OK`` while the process serves."""
+    """Liveness, as the seed answered it: 200 OK while the process serves."""
     return Response("OK", mimetype="text/plain")
 
 
-@bp.get("/health/ready")
+@CATALOG.route(bp, "GET", "/health/ready", answers={200: Ready, 503: Ready}, public=True)
 def ready() -> tuple[Response, int]:
-    """200 once Redis answers, the listener is subscribed and a node holds the ingest
-    lease; 503 with the reason otherwise."""
+    """Readiness: 200 once Redis answers, the listener is subscribed and a worker holds
+    the ingest lease; 503 with the reason otherwise."""
     bridge = current_app.extensions["pushapp"].bridge
     try:
         is_ready = bridge.ready()
@@ -24,6 +28,13 @@ def ready() -> tuple[Response, int]:
     if not is_ready:
         return jsonify(ready=False, reason="listener not subscribed or no ingest lease"), 503
     return jsonify(ready=True, node=bridge.node, leader=bridge.leader), 200
+
+
+@CATALOG.route(bp, "GET", "/metrics", answers={200: TEXT}, public=True)
+def metrics_text() -> Response:
+    """Prometheus metrics of every worker, in the text exposition format."""
+    body, content_type = metrics.exposition(current_app.extensions["pushapp"].store)
+    return Response(body, content_type=content_type)
 
 
 @bp.app_errorhandler(404)

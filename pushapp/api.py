@@ -1,0 +1,278 @@
+"""The HTTP API under ``/api/v1``, for business servers that cannot speak Redis.
+
+Publishing calls the Router, as the channel listener does, so a message sent here is
+stored, archived, delivered and pushed exactly as one published on ``snschat`` or
+``notification``; the answer says what happened. Any worker may take the request: the
+Router stores it and signals the worker holding each recipient. A 2xx means the message is
+in Redis; a Redis failure answers 503 with the reason, and the client retries (safely,
+with an ``Idempotency-Key``). Every route is in this one blueprint so that a single
+``before_request`` hook can guard them all (``CATALOG.is_public`` names the exceptions).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+from typing import Any, Callable
+
+import redis
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from werkzeug.exceptions import HTTPException
+
+from . import metrics, payloads
+from .config import Config
+from .idempotency import Claim, Idempotency
+from .openapi import CATALOG
+from .routing import Router
+from .schemas import (IDEMPOTENCY_KEY, KIND, BatchOutcome, Counts, Error, FieldError, Outcome,
+                      Pending, Presence, Removed, RequestModels, field_errors)
+from .store import KIND_NAMES, Placement, Store
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+PUBLISH_ANSWERS = {400: Error, 401: Error, 409: Error, 413: Error, 422: Error, 503: Error}
+USER_ANSWERS = {401: Error, 422: Error, 503: Error}
+
+
+@dataclasses.dataclass(frozen=True)
+class Api:
+    """What the routes use, one per app."""
+
+    config: Config
+    store: Store
+    router: Router
+    models: RequestModels
+    idempotency: Idempotency
+    document: dict
+
+
+class ApiError(Exception):
+    """An answer other than 2xx, with the reason as JSON."""
+
+    def __init__(self, status: int, error: str, errors: list[FieldError] | None = None,
+                 done: int | None = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.body = Error(error=error, errors=errors, done=done)
+
+
+def init_app(app: Flask, config: Config, store: Store, router: Router) -> None:
+    models = RequestModels.build(config)
+    app.extensions["pushapp_api"] = Api(
+        config, store, router, models, Idempotency(config, store.redis),
+        CATALOG.document(models, "pushapp", "1"))
+    app.register_blueprint(bp)
+
+
+def _api() -> Api:
+    return current_app.extensions["pushapp_api"]
+
+
+@bp.before_request
+def _limit_body() -> None:
+    request.max_content_length = _api().config.api_max_body_bytes
+
+
+@bp.errorhandler(ApiError)
+def _api_error(error: ApiError) -> tuple[Response, int]:
+    metrics.ERRORS.labels("redis" if error.status == 503 else "api_rejected").inc()
+    return _json(error.body), error.status
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(error: HTTPException) -> tuple[Response, int]:
+    if error.code == 413:
+        error.description = f"the body is larger than {_api().config.api_max_body_bytes} bytes"
+    return _api_error(ApiError(error.code or 500, error.description or error.name))
+
+
+@bp.errorhandler(redis.RedisError)
+def _redis_error(error: redis.RedisError) -> tuple[Response, int]:
+    log.error("%s %s failed, Redis unavailable: %s", request.method, request.path, error)
+    return _api_error(ApiError(503, f"Redis unavailable, try again: {error}"))
+
+
+def _json(model: BaseModel) -> Response:
+    return jsonify(model.model_dump(exclude_none=True))
+
+
+def _publish(kind: str, batch: bool) -> Response:
+    """Validate, claim the idempotency key if any, and hand each message to the Router."""
+    api = _api()
+    body = request.get_data(cache=False)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        _checked(IDEMPOTENCY_KEY, key, "Idempotency-Key", 400)
+    try:
+        document = payloads.parse_object(body, "body")
+    except payloads.PayloadError as exc:
+        raise ApiError(400, str(exc)) from None
+    _validate(getattr(api.models, kind + "_batch" if batch else kind), document)
+    claim = api.idempotency.claim(request.endpoint, key, body) if key else None
+    if claim is not None and not isinstance(claim, Claim):
+        return _replay(claim)
+    try:
+        results = _route(api.router, kind, document["messages"] if batch else [document], batch)
+    except BaseException:
+        if claim is not None:
+            _settle(api.idempotency.release, claim)
+        raise
+    answer = (BatchOutcome(results=results) if batch else results[0]).model_dump()
+    if claim is not None:
+        _settle(api.idempotency.finish, claim, 200, answer)
+    return jsonify(answer)
+
+
+def _route(router: Router, kind: str, messages: list[dict], batch: bool) -> list[Outcome]:
+    handle: Callable[[dict, bytes], dict[str, Placement]] = (
+        router.chat if kind == "chat" else router.notification)
+    results = []
+    for message in messages:
+        try:
+            placements = handle(message, payloads.dumps(message))
+        except redis.RedisError as exc:
+            log.error("API %s not stored, Redis failed: %s", kind, exc)
+            raise ApiError(503, f"not stored, Redis failed: {exc}; retry",
+                           done=len(results) if batch else None) from None
+        results.append(Outcome(
+            recipients=len(placements),
+            online=sum(p.node is not None for p in placements.values()),
+            stored=sum(p.id is not None for p in placements.values()),
+            ids={user: p.id for user, p in placements.items() if p.id is not None}))
+    return results
+
+
+def _replay(earlier: Any) -> Response:
+    if not earlier.same_body:
+        raise ApiError(422, "Idempotency-Key was used before with another body",
+                       [FieldError(field="Idempotency-Key", message="used with another body")])
+    if earlier.status is None:
+        raise ApiError(409, "a request with this Idempotency-Key is still in flight; retry")
+    answer = jsonify(earlier.body)
+    answer.status_code = earlier.status
+    answer.headers["Idempotent-Replayed"] = "true"
+    return answer
+
+
+def _settle(step: Callable[..., None], *args: Any) -> None:
+    """Finish or release a claim; the message's fate does not hang on it, so a Redis
+    failure here is logged (the claim runs out by itself) and the request goes on."""
+    try:
+        step(*args)
+    except redis.RedisError as exc:
+        log.warning("Idempotency-Key record not updated, Redis failed: %s", exc)
+
+
+def _validate(model: type[BaseModel], document: dict) -> None:
+    try:
+        model.model_validate(document)
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        raise ApiError(422, f"{errors[0].field}: {errors[0].message}", errors) from None
+
+
+def _checked(adapter: TypeAdapter, value: Any, field: str, status: int = 422) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        message = exc.errors(include_url=False)[0]["msg"]
+        raise ApiError(status, f"{field}: {message}",
+                       [FieldError(field=field, message=message)]) from None
+
+
+@CATALOG.route(bp, "POST", "/notifications", body="notification",
+               answers={200: Outcome, **PUBLISH_ANSWERS}, idempotent=True)
+def notifications() -> Response:
+    """Send a notification, as published on the notification channel.
+
+    Sent at once to the recipients online; with needStore true also stored for each
+    recipient until they ack it (the others get it at their next login).
+    """
+    return _publish("notification", batch=False)
+
+
+@CATALOG.route(bp, "POST", "/notifications/batch", body="notification_batch",
+               answers={200: BatchOutcome, **PUBLISH_ANSWERS}, idempotent=True)
+def notifications_batch() -> Response:
+    """Send several notifications, in order.
+
+    All are validated before any is handled. If Redis fails midway, the 503 says how many
+    were stored (done): retry the rest.
+    """
+    return _publish("notification", batch=True)
+
+
+@CATALOG.route(bp, "POST", "/chats", body="chat",
+               answers={200: Outcome, **PUBLISH_ANSWERS}, idempotent=True)
+def chats() -> Response:
+    """Send a chat, as published on snschat.
+
+    Stored for its recipient, published on the history channel, sent if the recipient is
+    online, and a mobile push requested if not (or if they do not ack in time).
+    """
+    return _publish("chat", batch=False)
+
+
+@CATALOG.route(bp, "POST", "/chats/batch", body="chat_batch",
+               answers={200: BatchOutcome, **PUBLISH_ANSWERS}, idempotent=True)
+def chats_batch() -> Response:
+    """Send several chats, in order.
+
+    All are validated before any is handled. If Redis fails midway, the 503 says how many
+    were stored (done): retry the rest.
+    """
+    return _publish("chat", batch=True)
+
+
+@CATALOG.route(bp, "GET", "/users/<path:user>/presence", answers={200: Presence, **USER_ANSWERS})
+def presence(user: str) -> Response:
+    """Whether a user is online now, since when, and on which device."""
+    api = _api()
+    user = _checked(api.models.path_user, user, "user")
+    found = api.store.presence(user)
+    if found is None:
+        return _json(Presence(user=user, online=False))
+    return _json(Presence(user=user, online=True, device=found.device, node=found.node,
+                          since_ms=found.since_ms, since=_iso(found.since_ms)))
+
+
+@CATALOG.route(bp, "GET", "/users/<path:user>/pending", answers={200: Pending, **USER_ANSWERS})
+def pending(user: str) -> Response:
+    """How many stored messages wait for the user's ack, by kind."""
+    api = _api()
+    user = _checked(api.models.path_user, user, "user")
+    return _json(Pending(user=user, pending=_counts(api.store.pending_counts(user))))
+
+
+@CATALOG.route(bp, "DELETE", "/users/<path:user>/pending", query={"kind": KIND},
+               answers={200: Removed, **USER_ANSWERS})
+def clear_pending(user: str) -> Response:
+    """Drop the user's stored messages (an operator's action), of one kind or both.
+
+    A socket the user has open is not told; messages it was sent and acks later are simply
+    gone already.
+    """
+    api = _api()
+    user = _checked(api.models.path_user, user, "user")
+    kind = request.args.get("kind")
+    wanted = KIND_NAMES.values() if kind is None else {_checked(KIND, kind, "kind")}
+    kinds = [stored for stored, name in KIND_NAMES.items() if name in wanted]
+    return _json(Removed(user=user, removed=_counts(api.store.clear(user, kinds))))
+
+
+@CATALOG.route(bp, "GET", "/openapi.json", answers={200: "application/json"}, public=True)
+def openapi() -> Response:
+    """This document: OpenAPI 3.1, with this gateway's limits."""
+    return jsonify(_api().document)
+
+
+def _counts(by_kind: dict[str, int]) -> Counts:
+    return Counts(**{name: by_kind.get(kind, 0) for kind, name in KIND_NAMES.items()})
+
+
+def _iso(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
