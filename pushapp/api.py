@@ -19,6 +19,7 @@ import redis
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter
 
 from . import metrics, payloads
 from .config import Config
@@ -49,6 +50,14 @@ class Api:
     document: dict
 
 
+class UserConverter(BaseConverter):
+    """A user id in a path: any text, slashes and line breaks included, except that it
+    cannot start with a slash (that would read as an empty segment)."""
+
+    regex = r"[^/][\s\S]*?"
+    part_isolating = False
+
+
 class ApiError(Exception):
     """An answer other than 2xx, with the reason as JSON."""
 
@@ -61,6 +70,7 @@ class ApiError(Exception):
 
 def init_app(app: Flask, config: Config, store: Store, router: Router) -> None:
     models = RequestModels.build(config)
+    app.url_map.converters["user"] = UserConverter
     app.extensions["pushapp_api"] = Api(
         config, store, router, models, Idempotency(config, store.redis),
         CATALOG.document(models, "pushapp", "1"))
@@ -227,7 +237,7 @@ def chats_batch() -> Response:
     return _publish("chat", batch=True)
 
 
-@CATALOG.route(bp, "GET", "/users/<path:user>/presence", answers={200: Presence, **USER_ANSWERS})
+@CATALOG.route(bp, "GET", "/users/<user:user>/presence", answers={200: Presence, **USER_ANSWERS})
 def presence(user: str) -> Response:
     """Whether a user is online now, since when, and on which device."""
     api = _api()
@@ -239,7 +249,7 @@ def presence(user: str) -> Response:
                           since_ms=found.since_ms, since=_iso(found.since_ms)))
 
 
-@CATALOG.route(bp, "GET", "/users/<path:user>/pending", answers={200: Pending, **USER_ANSWERS})
+@CATALOG.route(bp, "GET", "/users/<user:user>/pending", answers={200: Pending, **USER_ANSWERS})
 def pending(user: str) -> Response:
     """How many stored messages wait for the user's ack, by kind."""
     api = _api()
@@ -247,7 +257,7 @@ def pending(user: str) -> Response:
     return _json(Pending(user=user, pending=_counts(api.store.pending_counts(user))))
 
 
-@CATALOG.route(bp, "DELETE", "/users/<path:user>/pending", query={"kind": KIND},
+@CATALOG.route(bp, "DELETE", "/users/<user:user>/pending", query={"kind": KIND},
                answers={200: Removed, **USER_ANSWERS})
 def clear_pending(user: str) -> Response:
     """Drop the user's stored messages (an operator's action), of one kind or both.

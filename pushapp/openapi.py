@@ -64,7 +64,7 @@ class Catalog:
                 method, _PARAM.sub(r"{\1}", (bp.url_prefix or "") + rule),
                 f"{bp.name}.{view.__name__}", summary, description.strip(), body, answers,
                 query or {}, idempotent, public))
-            bp.add_url_rule(rule, view_func=view, methods=[method])
+            bp.add_url_rule(rule, view_func=view, methods=[method], merge_slashes=False)
             return view
 
         return register

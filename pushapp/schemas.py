@@ -82,7 +82,7 @@ class RequestModels:
                                                             "until they ack it")),
         )
         return cls(chat, notification, _batch(chat, config), _batch(notification, config),
-                   TypeAdapter(Annotated[text, _user_id_rule(limit)]))
+                   TypeAdapter(Annotated[text, Field(pattern="^[^/]"), _user_id_rule(limit)]))
 
 
 def _batch(item: type[BaseModel], config: Config) -> type[BaseModel]:
