@@ -1,0 +1,139 @@
+"""/metrics scraped after real traffic: Socket.IO clients, HTTP and channel messages, acks,
+a redelivery, bad input, a Redis restart, and two workers, one of which dies."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from support import Gateway, uid, wait_for
+
+
+def scrape(gateway: Gateway) -> dict[tuple, float]:
+    """Every sample, keyed by name and sorted labels."""
+    answer = requests.get(gateway.url + "/metrics", timeout=10)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].startswith("text/plain")
+    return {(sample.name, *sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(answer.text)
+            for sample in family.samples}
+
+
+def value(samples: dict[tuple, float], name: str, **labels: str) -> float:
+    return samples.get((name, *sorted(labels.items())), 0.0)
+
+
+@pytest.fixture
+def fresh(start_gateway) -> Iterator[Gateway]:
+    gateway = start_gateway()
+    yield gateway
+    gateway.assert_unharmed()
+
+
+def test_metrics_count_real_traffic(fresh):
+    alice, bob, carol, dave = (uid(name) for name in ("alice", "bob", "carol", "dave"))
+    a, b = fresh.client(), fresh.client()
+    first_carol = fresh.raw()
+    try:
+        a.login(alice)
+        b.login(bob)
+        first_carol.call("login", {"myAuraId": carol, "deviceId": "d"})
+
+        requests.post(fresh.url + "/api/v1/notifications", timeout=10,
+                      json={"toWho": [alice, bob, dave], "needStore": True})
+        a.expect("notification")
+        b.expect("notification")
+        fresh.publish("snschat", {"from": "x", "to": alice, "via": "channel"})
+        requests.post(fresh.url + "/api/v1/chats", json={"to": alice, "via": "http"}, timeout=10)
+        assert len(a.expect_chats(2)) == 2
+
+        # carol takes a chat without acking it, then logs in again: it is sent again.
+        requests.post(fresh.url + "/api/v1/chats", json={"to": carol, "n": 1}, timeout=10)
+        first_carol.expect("chat")
+        second_carol = fresh.raw()
+        second_carol.call("login", {"myAuraId": carol, "deviceId": "d"})
+        (batch,), ack_id = second_carol.expect("chat")
+        assert [m["n"] for m in json.loads(batch)] == [1]
+        second_carol.ack(ack_id, 1)
+        assert first_carol.closed.wait(10)
+
+        requests.post(fresh.url + "/api/v1/chats", data=b"{", timeout=10)
+        fresh.publish("notification", "not json")
+        for user in (alice, bob, carol):
+            wait_for(lambda u=user: not fresh.pending("chat", u) and not fresh.pending("notif", u),
+                     what=f"{user}'s acks")
+        samples = wait_for(lambda: (lambda s: s if value(
+            s, "pushapp_errors_total", reason="channel_message_invalid") else None)(scrape(fresh)),
+            what="the bad channel message to be counted")
+
+        expected = {
+            ("pushapp_connections",): 3,
+            ("pushapp_logins_total",): 4,
+            ("pushapp_messages_in_total", "notification"): 1,
+            ("pushapp_messages_in_total", "chat"): 3,
+            ("pushapp_messages_out_total", "notification"): 2,
+            ("pushapp_messages_out_total", "chat"): 4,
+            ("pushapp_acks_total", "notification"): 2,
+            ("pushapp_acks_total", "chat"): 3,
+            ("pushapp_redeliveries_total", "chat"): 1,
+            ("pushapp_redeliveries_total", "notification"): 0,
+            ("pushapp_delivery_latency_seconds_count", "notification"): 2,
+            ("pushapp_delivery_latency_seconds_count", "chat"): 3,
+            ("pushapp_stored_messages", "notification"): 1,
+            ("pushapp_stored_messages", "chat"): 0,
+            ("pushapp_listener_reconnects_total",): 0,
+        }
+        found = {key: value(samples, key[0], **({"kind": key[1]} if len(key) > 1 else {}))
+                 for key in expected}
+        assert found == expected
+        assert value(samples, "pushapp_errors_total", reason="api_rejected") == 1
+        assert value(samples, "pushapp_errors_total", reason="channel_message_invalid") == 1
+        assert 0 < value(samples, "pushapp_delivery_latency_seconds_sum", kind="chat") < 10
+    finally:
+        for client in (a, b, first_carol, second_carol):
+            client.close()
+    wait_for(lambda: value(scrape(fresh), "pushapp_connections") == 0,
+             what="the connections gauge to drop to 0")
+
+
+def test_every_worker_counts_and_a_dead_ones_sockets_do_not(start_gateway):
+    gateway = start_gateway(WORKERS=2)
+    clients, users = [], []
+    try:
+        while len({gateway.presence(user)[0] for user in users}) < 2:
+            assert len(users) < 40, "all connections landed on one worker"
+            client, user = gateway.client(), uid()
+            client.login(user)
+            clients.append(client)
+            users.append(user)
+        samples = scrape(gateway)
+        assert value(samples, "pushapp_logins_total") == len(users)
+        assert value(samples, "pushapp_connections") == len(users)
+
+        victim = gateway.presence(users[0])[0]
+        on_victim = sum(gateway.presence(user)[0] == victim for user in users)
+        os.kill(int(victim.split(":")[1]), signal.SIGKILL)
+        wait_for(lambda: value(scrape(gateway), "pushapp_connections") == len(users) - on_victim,
+                 what="the dead worker's connections to stop counting")
+        assert value(scrape(gateway), "pushapp_logins_total") == len(users)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_listener_reconnects_and_redis_errors_are_counted(fresh):
+    fresh.redis_server.stop()
+    try:
+        wait_for(lambda: requests.get(fresh.url + "/health/ready", timeout=5).status_code == 503)
+        samples = scrape(fresh)
+        assert ("pushapp_stored_messages", ("kind", "chat")) not in samples
+        assert value(samples, "pushapp_errors_total", reason="redis") >= 1
+    finally:
+        fresh.redis_server.start()
+    fresh.wait_ready()
+    assert value(scrape(fresh), "pushapp_listener_reconnects_total") >= 1
