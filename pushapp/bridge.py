@@ -95,7 +95,9 @@ class Bridge:
         ingest lease, else by the node that does."""
         if self.leader:
             return self.hearing
-        return self.subscribed and self.store.lease_holder() is not None
+        holder = self.store.lease_holder()
+        # Our own name there means we are taking (or losing) the lease: not heard yet.
+        return self.subscribed and holder is not None and holder != self.node
 
     def _keepalive(self) -> None:
         ttl = self.config.lease_ttl

@@ -90,3 +90,11 @@ def _ready(port: int) -> bool:
     except requests.RequestException:
         time.sleep(0.1)
         return False
+
+
+def test_readiness_holds_once_reached(start_gateway):
+    """From the first 200 on, a healthy gateway stays ready: no 503 while its worker is
+    still taking the ingest lease it has already written to Redis."""
+    gateway = start_gateway()
+    statuses = [_status(gateway) for _ in range(100)]
+    assert statuses == [200] * 100
