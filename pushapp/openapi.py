@@ -3,7 +3,7 @@ from those declarations and the pydantic models that validate, never written by 
 
 ``CATALOG.route`` registers a Flask view on a blueprint and records it. A route marked
 ``public`` needs no API key (health checks, metrics, the document itself); the others
-declare the bearer scheme, which is enforced when the gateway has API keys configured.
+declare the bearer scheme: one of ``API_KEYS``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ _PARAM = re.compile(r"<(?:\w+:)?(\w+)>")
 _STATUS = {
     200: "Done",
     400: "The body is not JSON, or a header is malformed",
-    401: "API keys are configured and the request carries none, or a wrong one",
+    401: "No API key, or not one of API_KEYS",
     409: "A request with this Idempotency-Key is still in flight: retry later",
     413: "The body is larger than API_MAX_BODY_BYTES",
     422: "A field is invalid; errors names each",
@@ -88,7 +88,7 @@ class Catalog:
                 "parameters": _parameters(op, models),
                 "responses": {str(status): _answer(status, answer, refs)
                               for status, answer in op.answers.items()},
-                "security": [] if op.public else [{"bearerAuth": []}, {}],
+                "security": [] if op.public else [{"bearerAuth": []}],
             }
             if op.body:
                 item["requestBody"] = {"required": True, "content": {"application/json": {
@@ -104,8 +104,7 @@ class Catalog:
                 "schemas": defs.get("$defs", {}),
                 "securitySchemes": {"bearerAuth": {
                     "type": "http", "scheme": "bearer",
-                    "description": "Authorization: Bearer <API key>, required when the "
-                                   "gateway is configured with API keys"}},
+                    "description": "Authorization: Bearer <key>, one of API_KEYS"}},
             },
         }
 

@@ -26,6 +26,7 @@ from pushapp.embedded_redis import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 10.0
+API_KEY = "test-api-key"
 
 
 def uid(prefix: str = "u") -> str:
@@ -94,6 +95,7 @@ class Gateway:
             "REDIS_URL": redis_server.url,
             "LOG_LEVEL": "INFO",
             "AUTH_MODE": "insecure",
+            "API_KEYS": API_KEY,
             **{key: str(value) for key, value in env.items()},
         }
         self.prefix = self.env.get("KEY_PREFIX", "pushapp:")
@@ -171,6 +173,13 @@ class Gateway:
     def presence(self, user: str) -> list | None:
         raw = self.redis.hget(self.key("online"), user)
         return None if raw is None else json.loads(raw)
+
+    def api(self, method: str, path: str, headers: dict | None = None,
+            **kwargs: Any) -> requests.Response:
+        """A call to the HTTP API (``path`` after ``/api/v1``), with the API key."""
+        return requests.request(method, f"{self.url}/api/v1{path}", timeout=WAIT,
+                                headers={"Authorization": f"Bearer {API_KEY}", **(headers or {})},
+                                **kwargs)
 
     def client(self, **kwargs: Any) -> "Client":
         return Client(self.url, **kwargs)

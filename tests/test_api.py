@@ -10,15 +10,12 @@ import requests
 
 from support import Gateway, uid, wait_for, without_mids
 
-API = "/api/v1"
-
-
 def post(gateway: Gateway, path: str, body, **headers: str) -> requests.Response:
-    return requests.post(gateway.url + API + path, json=body, headers=headers, timeout=10)
+    return gateway.api("POST", path, json=body, headers=headers)
 
 
 def get(gateway: Gateway, path: str) -> requests.Response:
-    return requests.get(gateway.url + API + path, timeout=10)
+    return gateway.api("GET", path)
 
 
 def test_a_notification_reaches_who_is_online_and_waits_for_the_others(gateway, clients):
@@ -132,8 +129,7 @@ def test_a_batch_with_one_bad_message_stores_none(gateway):
 ])
 def test_bad_bodies_are_refused_with_the_field_named(gateway, path, body, status, says):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    answer = requests.post(gateway.url + API + path, data=data, timeout=10,
-                           headers={"Content-Type": "application/json"})
+    answer = gateway.api("POST", path, data=data, headers={"Content-Type": "application/json"})
     assert answer.status_code == status, answer.text
     assert answer.headers["Content-Type"] == "application/json"
     assert answer.json()["error"].startswith(says), answer.json()
@@ -142,8 +138,8 @@ def test_bad_bodies_are_refused_with_the_field_named(gateway, path, body, status
 
 def test_a_bad_idempotency_key_is_refused(gateway):
     for key in ("has space", "x" * 256, "ключ"):
-        answer = requests.post(gateway.url + API + "/chats", json={"to": uid()}, timeout=10,
-                               headers={"Idempotency-Key": key.encode().decode("latin-1")})
+        answer = gateway.api("POST", "/chats", json={"to": uid()},
+                             headers={"Idempotency-Key": key.encode().decode("latin-1")})
         assert answer.status_code == 400, key
         assert answer.json()["error"].startswith("Idempotency-Key: ")
 
@@ -233,13 +229,13 @@ def test_pending_counts_and_the_operators_clear(gateway, clients):
     post(gateway, "/notifications", {"toWho": [user], "needStore": True})
     assert get(gateway, f"/users/{user}/pending").json() == {
         "user": user, "pending": {"chat": 2, "notification": 1}}
-    cleared = requests.delete(gateway.url + API + f"/users/{user}/pending?kind=chat", timeout=10)
+    cleared = gateway.api("DELETE", f"/users/{user}/pending?kind=chat")
     assert cleared.json() == {"user": user, "removed": {"chat": 2, "notification": 0}}
     assert get(gateway, f"/users/{user}/pending").json()["pending"] == {"chat": 0,
                                                                          "notification": 1}
-    cleared = requests.delete(gateway.url + API + f"/users/{user}/pending", timeout=10)
+    cleared = gateway.api("DELETE", f"/users/{user}/pending")
     assert cleared.json()["removed"] == {"chat": 0, "notification": 1}
-    wrong = requests.delete(gateway.url + API + f"/users/{user}/pending?kind=geo", timeout=10)
+    wrong = gateway.api("DELETE", f"/users/{user}/pending?kind=geo")
     assert wrong.status_code == 422 and wrong.json()["errors"][0]["field"] == "kind"
     client = clients()
     client.login(user)
@@ -254,7 +250,7 @@ def test_any_user_id_can_be_looked_at(gateway, user):
     answer = get(gateway, path)
     assert answer.status_code == 200, answer.text
     assert answer.json()["user"] == user and answer.json()["pending"]["chat"] >= 1
-    requests.delete(gateway.url + API + path, timeout=10)
+    gateway.api("DELETE", path)
 
 
 @pytest.mark.parametrize("user,says", [(" ", "must not be empty"),

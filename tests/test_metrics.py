@@ -44,16 +44,15 @@ def test_metrics_count_real_traffic(fresh):
         b.login(bob)
         first_carol.call("login", {"myAuraId": carol, "deviceId": "d"})
 
-        requests.post(fresh.url + "/api/v1/notifications", timeout=10,
-                      json={"toWho": [alice, bob, dave], "needStore": True})
+        fresh.api("POST", "/notifications", json={"toWho": [alice, bob, dave], "needStore": True})
         a.expect("notification")
         b.expect("notification")
         fresh.publish("snschat", {"from": "x", "to": alice, "via": "channel"})
-        requests.post(fresh.url + "/api/v1/chats", json={"to": alice, "via": "http"}, timeout=10)
+        fresh.api("POST", "/chats", json={"to": alice, "via": "http"})
         assert len(a.expect_chats(2)) == 2
 
         # carol takes a chat without acking it, then logs in again: it is sent again.
-        requests.post(fresh.url + "/api/v1/chats", json={"to": carol, "n": 1}, timeout=10)
+        fresh.api("POST", "/chats", json={"to": carol, "n": 1})
         first_carol.expect("chat")
         second_carol = fresh.raw()
         second_carol.call("login", {"myAuraId": carol, "deviceId": "d"})
@@ -62,7 +61,7 @@ def test_metrics_count_real_traffic(fresh):
         second_carol.ack(ack_id, 1)
         assert first_carol.closed.wait(10)
 
-        requests.post(fresh.url + "/api/v1/chats", data=b"{", timeout=10)
+        fresh.api("POST", "/chats", data=b"{")
         fresh.publish("notification", "not json")
         for user in (alice, bob, carol):
             wait_for(lambda u=user: not fresh.pending("chat", u) and not fresh.pending("notif", u),
