@@ -17,13 +17,13 @@ from typing import Any, Callable
 
 import redis
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from . import metrics, payloads
 from .config import Config
-from .idempotency import Claim, Idempotency
+from .idempotency import Earlier, Idempotency
 from .openapi import CATALOG
 from .routing import Router
 from .schemas import (IDEMPOTENCY_KEY, KIND, BatchOutcome, Counts, Error, FieldError, Outcome,
@@ -69,6 +69,7 @@ class ApiError(Exception):
 
 
 def init_app(app: Flask, config: Config, store: Store, router: Router) -> None:
+    """Register the API; its models and document carry this gateway's limits."""
     models = RequestModels.build(config)
     app.url_map.converters["user"] = UserConverter
     app.extensions["pushapp_api"] = Api(
@@ -115,14 +116,14 @@ def _publish(kind: str, batch: bool) -> Response:
     body = request.get_data(cache=False)
     key = request.headers.get("Idempotency-Key")
     if key is not None:
-        _checked(IDEMPOTENCY_KEY, key, "Idempotency-Key", 400)
+        _checked(IDEMPOTENCY_KEY.validate_python, key, "Idempotency-Key", 400)
     try:
         document = payloads.parse_object(body, "body")
     except payloads.PayloadError as exc:
         raise ApiError(400, str(exc)) from None
-    _validate(getattr(api.models, kind + "_batch" if batch else kind), document)
+    _checked(getattr(api.models, kind + "_batch" if batch else kind).model_validate, document)
     claim = api.idempotency.claim(request.endpoint, key, body) if key else None
-    if claim is not None and not isinstance(claim, Claim):
+    if isinstance(claim, Earlier):
         return _replay(claim)
     try:
         results = _route(api.router, kind, document["messages"] if batch else [document], batch)
@@ -155,7 +156,7 @@ def _route(router: Router, kind: str, messages: list[dict], batch: bool) -> list
     return results
 
 
-def _replay(earlier: Any) -> Response:
+def _replay(earlier: Earlier) -> Response:
     if not earlier.same_body:
         raise ApiError(422, "Idempotency-Key was used before with another body",
                        [FieldError(field="Idempotency-Key", message="used with another body")])
@@ -176,21 +177,14 @@ def _settle(step: Callable[..., None], *args: Any) -> None:
         log.warning("Idempotency-Key record not updated, Redis failed: %s", exc)
 
 
-def _validate(model: type[BaseModel], document: dict) -> None:
+def _checked(validate: Callable[[Any], Any], value: Any, root: str = "body",
+             status: int = 422) -> Any:
+    """``validate(value)``, or an answer naming every bad field (under ``root``)."""
     try:
-        model.model_validate(document)
+        return validate(value)
     except ValidationError as exc:
-        errors = field_errors(exc)
-        raise ApiError(422, f"{errors[0].field}: {errors[0].message}", errors) from None
-
-
-def _checked(adapter: TypeAdapter, value: Any, field: str, status: int = 422) -> Any:
-    try:
-        return adapter.validate_python(value)
-    except ValidationError as exc:
-        message = exc.errors(include_url=False)[0]["msg"]
-        raise ApiError(status, f"{field}: {message}",
-                       [FieldError(field=field, message=message)]) from None
+        errors = field_errors(exc, root)
+        raise ApiError(status, f"{errors[0].field}: {errors[0].message}", errors) from None
 
 
 @CATALOG.route(bp, "POST", "/notifications", body="notification",
@@ -240,8 +234,7 @@ def chats_batch() -> Response:
 @CATALOG.route(bp, "GET", "/users/<user:user>/presence", answers={200: Presence, **USER_ANSWERS})
 def presence(user: str) -> Response:
     """Whether a user is online now, since when, and on which device."""
-    api = _api()
-    user = _checked(api.models.path_user, user, "user")
+    api, user = _api(), _path_user(user)
     found = api.store.presence(user)
     if found is None:
         return _json(Presence(user=user, online=False))
@@ -252,8 +245,7 @@ def presence(user: str) -> Response:
 @CATALOG.route(bp, "GET", "/users/<user:user>/pending", answers={200: Pending, **USER_ANSWERS})
 def pending(user: str) -> Response:
     """How many stored messages wait for the user's ack, by kind."""
-    api = _api()
-    user = _checked(api.models.path_user, user, "user")
+    api, user = _api(), _path_user(user)
     return _json(Pending(user=user, pending=_counts(api.store.pending_counts(user))))
 
 
@@ -265,10 +257,10 @@ def clear_pending(user: str) -> Response:
     A socket the user has open is not told; messages it was sent and acks later are simply
     gone already.
     """
-    api = _api()
-    user = _checked(api.models.path_user, user, "user")
+    api, user = _api(), _path_user(user)
     kind = request.args.get("kind")
-    wanted = KIND_NAMES.values() if kind is None else {_checked(KIND, kind, "kind")}
+    wanted = KIND_NAMES.values() if kind is None else {_checked(KIND.validate_python, kind,
+                                                                 "kind")}
     kinds = [stored for stored, name in KIND_NAMES.items() if name in wanted]
     return _json(Removed(user=user, removed=_counts(api.store.clear(user, kinds))))
 
@@ -277,6 +269,10 @@ def clear_pending(user: str) -> Response:
 def openapi() -> Response:
     """This document: OpenAPI 3.1, with this gateway's limits."""
     return jsonify(_api().document)
+
+
+def _path_user(user: str) -> str:
+    return _checked(_api().models.path_user.validate_python, user, "user")
 
 
 def _counts(by_kind: dict[str, int]) -> Counts:

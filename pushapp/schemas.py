@@ -145,14 +145,15 @@ class Removed(BaseModel):
     removed: Counts
 
 
-def field_errors(error: ValidationError) -> list[FieldError]:
-    """pydantic's errors as field paths (``messages[2].toWho[0]``) and reasons."""
+def field_errors(error: ValidationError, root: str) -> list[FieldError]:
+    """pydantic's errors as field paths (``messages[2].toWho[0]``; ``root`` for the value
+    itself) and reasons."""
     found = []
     for item in error.errors(include_url=False):
         path = ""
         for part in item["loc"]:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        found.append(FieldError(field=path or "body", message=item["msg"]))
+        found.append(FieldError(field=path or root, message=item["msg"]))
     return found
 
 

@@ -86,7 +86,8 @@ def test_a_batch_is_handled_in_order(gateway, clients):
     results = answer.json()["results"]
     assert [r["stored"] for r in results] == [1, 1, 1]
     assert [json.loads(client.expect("notification"))["n"] for _ in range(3)] == [0, 1, 2]
-    chats = post(gateway, "/chats/batch", {"messages": [{"to": user, "n": 1}, {"to": user, "n": 2}]})
+    chats = post(gateway, "/chats/batch",
+                 {"messages": [{"to": user, "n": 1}, {"to": user, "n": 2}]})
     assert [r["recipients"] for r in chats.json()["results"]] == [1, 1]
     assert [m["n"] for m in client.expect_chats(2)] == [1, 2]
 
@@ -174,11 +175,13 @@ def test_concurrent_requests_with_one_key_store_once(gateway):
         start = threading.Barrier(12)
         answers: list[requests.Response] = []
 
-        def send() -> None:
+        def send(message: dict, key: str, start: threading.Barrier,
+                 answers: list[requests.Response]) -> None:
             start.wait()
             answers.append(post(gateway, "/notifications", message, **{"Idempotency-Key": key}))
 
-        threads = [threading.Thread(target=send) for _ in range(12)]
+        threads = [threading.Thread(target=send, args=(message, key, start, answers))
+                   for _ in range(12)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -7,6 +7,8 @@ status the document lists, with the content type and body schema it declares.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +26,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @pytest.fixture(scope="module")
-def fuzz_gateway(start_gateway) -> Gateway:
+def fuzz_gateway(start_gateway) -> Iterator[Gateway]:
     gateway = start_gateway()
     yield gateway
     gateway.assert_unharmed()
