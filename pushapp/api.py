@@ -16,12 +16,12 @@ import logging
 from typing import Any, Callable
 
 import redis
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from . import metrics, payloads
+from . import auth, metrics, payloads
 from .config import Config
 from .idempotency import Earlier, Idempotency
 from .openapi import CATALOG
@@ -83,14 +83,27 @@ def _api() -> Api:
 
 
 @bp.before_request
-def _limit_body() -> None:
+def _authenticate_and_limit() -> None:
+    """Every route but the public ones needs an API key; bodies have a size limit."""
     request.max_content_length = _api().config.api_max_body_bytes
+    if CATALOG.is_public(request.endpoint):
+        return
+    try:
+        g.api_client = auth.client_of(_api().config.api_keys,
+                                      request.headers.get("Authorization"))
+    except auth.ApiKeyError as exc:
+        log.warning("API call refused: %s %s from %s: %s", request.method, request.path,
+                    request.remote_addr, exc)
+        raise ApiError(401, str(exc)) from None
 
 
 @bp.errorhandler(ApiError)
 def _api_error(error: ApiError) -> tuple[Response, int]:
     metrics.ERRORS.labels("redis" if error.status == 503 else "api_rejected").inc()
-    return _json(error.body), error.status
+    answer = _json(error.body)
+    if error.status == 401:
+        answer.headers["WWW-Authenticate"] = 'Bearer realm="pushapp"'
+    return answer, error.status
 
 
 @bp.errorhandler(HTTPException)
@@ -122,7 +135,8 @@ def _publish(kind: str, batch: bool) -> Response:
     except payloads.PayloadError as exc:
         raise ApiError(400, str(exc)) from None
     _checked(getattr(api.models, kind + "_batch" if batch else kind).model_validate, document)
-    claim = api.idempotency.claim(request.endpoint, key, body) if key else None
+    scope = f"{g.api_client}:{request.endpoint}"
+    claim = api.idempotency.claim(scope, key, body) if key else None
     if isinstance(claim, Earlier):
         return _replay(claim)
     try:

@@ -14,6 +14,7 @@ import time
 
 import jwt
 import pytest
+import requests
 import socketio
 import websocket
 from cryptography.hazmat.primitives import serialization
@@ -332,3 +333,65 @@ def test_redis_with_a_password_is_reached_through_redis_url(tmp_path):
         gateway.stop()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def keyed(start_gateway) -> Gateway:
+    """A gateway with two valid API keys, as during a rotation."""
+    return start_gateway(API_KEYS="old-key-1234,new-key-5678")
+
+
+def _post(gateway: Gateway, authorization: str | None, body: dict, **headers) -> requests.Response:
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    return requests.post(gateway.url + "/api/v1/notifications", json=body, headers=headers,
+                         timeout=10)
+
+
+@pytest.mark.parametrize("authorization,reason", [
+    (None, "missing API key"),
+    ("Bearer", "missing API key"),
+    ("Basic b2xkLWtleS0xMjM0Og==", "missing API key"),
+    ("Bearer old-key-123", "wrong API key"),
+    ("Bearer old-key-1234x", "wrong API key"),
+])
+def test_the_api_refuses_calls_without_a_valid_key(keyed, authorization, reason):
+    user = uid()
+    answer = _post(keyed, authorization, {"toWho": [user], "needStore": True})
+    assert answer.status_code == 401
+    assert answer.json()["error"].startswith(reason)
+    assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+    assert keyed.pending("notif", user) == [], "a refused call must store nothing"
+    presence = requests.get(f"{keyed.url}/api/v1/users/{user}/presence", timeout=10,
+                            headers={"Authorization": authorization} if authorization else {})
+    assert presence.status_code == 401, "operator endpoints need a key too"
+
+
+def test_every_configured_key_works_during_a_rotation(keyed):
+    for key in ("old-key-1234", "new-key-5678"):
+        user = uid()
+        answer = _post(keyed, f"Bearer {key}", {"toWho": [user], "needStore": True})
+        assert answer.status_code == 200, answer.text
+        assert keyed.pending("notif", user) != []
+
+
+def test_idempotency_keys_belong_to_one_api_key(keyed):
+    user = uid()
+    body = {"toWho": [user], "needStore": True}
+    first = _post(keyed, "Bearer old-key-1234", body, **{"Idempotency-Key": "same"})
+    second = _post(keyed, "Bearer new-key-5678", body, **{"Idempotency-Key": "same"})
+    assert first.status_code == second.status_code == 200
+    assert "Idempotent-Replayed" not in second.headers
+    assert len(keyed.pending("notif", user)) == 2
+
+
+def test_without_api_keys_the_api_is_closed(start_gateway):
+    closed = start_gateway(API_KEYS="")
+    answer = _post(closed, "Bearer anything", {"toWho": ["u"], "needStore": True})
+    assert answer.status_code == 401
+    assert "no API_KEYS are configured" in answer.json()["error"]
+
+
+def test_health_metrics_and_the_api_document_stay_open(keyed):
+    for path in ("/monitor", "/health/ready", "/metrics", "/api/v1/openapi.json"):
+        assert requests.get(keyed.url + path, timeout=10).status_code == 200, path
