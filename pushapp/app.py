@@ -65,7 +65,7 @@ def create_app(config: Config | None = None) -> Flask:
     store = Store(config, connect(config))
     delivery = Delivery(config, store, socketio.server, node_name())
     router = Router(config, store, delivery)
-    Events(config, store, delivery, router, socketio.server).register(socketio)
+    Events(config, store, delivery, router, socketio.server).register()
     app.register_blueprint(web.bp)
     api.init_app(app, config, store, router)
 

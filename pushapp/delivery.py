@@ -111,7 +111,7 @@ class Delivery:
         if conn is None or conn.user != user:
             return
         logs.event(log, "kick", user=user, device=conn.device, sid=sid,
-                   address=self._address(sid), logout=logout)
+                   address=self.address(sid), logout=logout)
         self._forget(conn)
         if logout:
             self.server.emit("logout", to=sid)
@@ -149,14 +149,14 @@ class Delivery:
         if conn.user is None:
             return
         logs.event(log, "disconnect", user=conn.user, device=conn.device, sid=sid,
-                   address=self._address(sid))
+                   address=self.address(sid))
         try:
             self.store.unbind(conn.user, sid)
         except redis.RedisError as exc:
             log.warning("could not unbind user=%s sid=%s: %s", conn.user, sid, exc)
             metrics.ERRORS.labels("redis").inc()
 
-    def _address(self, sid: str) -> str:
+    def address(self, sid: str) -> str:
         """The socket's peer address, from the environ Engine.IO keeps anyway."""
         return (self.server.get_environ(sid) or {}).get("REMOTE_ADDR", "")
 
