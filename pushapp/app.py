@@ -5,11 +5,10 @@ import dataclasses
 import logging
 
 import gevent
-
 from flask import Flask
 from flask_socketio import SocketIO
 
-from . import api, logs, web
+from . import api, logs, payloads, web
 from .bridge import Bridge, node_name
 from .config import Config, ConfigError
 from .delivery import Delivery
@@ -52,6 +51,7 @@ def create_app(config: Config | None = None) -> Flask:
         app,
         async_mode="gevent",
         async_handlers=False,
+        json=payloads.SocketIOJSON,
         manage_session=False,
         ping_interval=config.ping_interval,
         ping_timeout=config.ping_timeout,

@@ -19,6 +19,20 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+class SocketIOJSON:
+    """orjson in the shape python-socketio wants for its packets (``json.dumps`` and
+    ``json.loads`` with keyword arguments it may pass): several times faster than the
+    standard library, and it refuses absurd nesting with an error instead of recursing."""
+
+    @staticmethod
+    def dumps(value: Any, **_: Any) -> str:
+        return orjson.dumps(value).decode()
+
+    @staticmethod
+    def loads(text: str | bytes, **_: Any) -> Any:
+        return orjson.loads(text)
+
+
 def parse_object(data: bytes | str, what: str = "message") -> dict:
     """A JSON object from text, or a reason why not."""
     try:
