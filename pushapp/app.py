@@ -13,6 +13,7 @@ from .bridge import Bridge, node_name
 from .config import Config, ConfigError
 from .delivery import Delivery
 from .events import GatewayServer, Events
+from .manager import GatewayManager
 from .routing import Router
 from .store import Store, connect
 
@@ -52,6 +53,7 @@ def create_app(config: Config | None = None) -> Flask:
         async_mode="gevent",
         async_handlers=False,
         json=payloads.SocketIOJSON,
+        client_manager=GatewayManager(),
         manage_session=False,
         ping_interval=config.ping_interval,
         ping_timeout=config.ping_timeout,
