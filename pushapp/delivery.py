@@ -34,9 +34,9 @@ class Conn:
     """A connected socket; ``user`` is set by its login. Kept small: there is one per
     connection."""
 
-    __slots__ = ("sid", "user", "device", "claims", "expires", "chat_cursor", "notif_cursor", "busy",
-                 "dirty", "unacked_chats", "unacked_notifs", "ack_watch", "closed", "tokens",
-                 "stamp", "strikes")
+    __slots__ = ("sid", "user", "device", "claims", "expires", "chat_cursor", "notif_cursor",
+                 "busy", "dirty", "unacked_chats", "unacked_notifs", "ack_watch", "closed",
+                 "tokens", "stamp", "strikes")
 
     def __init__(self, sid: str, burst: int) -> None:
         self.sid = sid

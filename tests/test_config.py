@@ -25,7 +25,8 @@ def test_every_field_is_read_from_its_variable():
     names = [field.metadata["env"] for field in dataclasses.fields(Config)]
     assert len(names) == len(set(names))
     config = Config.from_env({"JWT_SECRET": "s", "PUSH_DELAY": "2.5", "STORE_MAX_ENTRIES": "7",
-                              "CHAT_FILTER": "direct", "CORS_ALLOWED_ORIGINS": "https://a, https://b",
+                              "CHAT_FILTER": "direct",
+                              "CORS_ALLOWED_ORIGINS": "https://a, https://b",
                               "KEY_PREFIX": "t:"})
     assert (config.push_delay, config.store_max_entries, config.chat_filter) == (2.5, 7, "direct")
     assert config.cors_allowed_origins == ["https://a", "https://b"]

@@ -36,7 +36,8 @@ def _assert_each_once_in_order(messages: list[dict]) -> None:
     counts = Counter((m["from"], m["n"]) for m in messages)
     duplicates = [key for key, seen in counts.items() if seen > 1]
     assert not duplicates, f"delivered twice: {duplicates[:5]}"
-    assert len(counts) == PUBLISHERS * PER_PUBLISHER, f"lost {PUBLISHERS * PER_PUBLISHER - len(counts)}"
+    total = PUBLISHERS * PER_PUBLISHER
+    assert len(counts) == total, f"lost {total - len(counts)}"
     for p in range(PUBLISHERS):
         order = [m["n"] for m in messages if m["from"] == f"p{p}"]
         assert order == sorted(order), f"publisher p{p} out of order: {order}"
