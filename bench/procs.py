@@ -1,0 +1,168 @@
+"""The processes a benchmark runs and watches: Redis, a gateway under gunicorn, the filter
+server, py-spy; and what /proc says about each (RSS, CPU seconds, open files)."""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import NamedTuple
+
+import redis
+
+from pushapp.embedded_redis import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Sample(NamedTuple):
+    """One reading of a process: resident memory in KiB, CPU seconds used, open files."""
+
+    rss_kb: int
+    cpu_s: float
+    fds: int
+
+
+def sample(pid: int) -> Sample:
+    with open(f"/proc/{pid}/status") as status:
+        rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    cpu = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+    return Sample(rss, cpu, len(os.listdir(f"/proc/{pid}/fd")))
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far, 0 for a process that is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as kids:
+            return [int(kid) for kid in kids.read().split()]
+    except OSError:
+        return []
+
+
+class Gateway:
+    """A gateway under gunicorn, one worker, in a process group of its own."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.env = {"BIND": f"127.0.0.1:{self.port}", "WORKERS": "1", "LOG_LEVEL": "INFO",
+                    **env}
+        self.argv = argv
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self.worker = 0
+
+    @property
+    def command(self) -> str:
+        """The command as a shell line, with the environment it runs in."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+        return f"{env} {' '.join(shlex.quote(a) for a in self.argv)}"
+
+    def start(self, timeout: float = 30.0) -> "Gateway":
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", *self.argv], cwd=ROOT, env={**os.environ, **self.env},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; "
+                                   f"see {self.log_path}")
+            kids = children(self.process.pid)
+            if kids and self._ready():
+                self.worker = kids[0]
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready within {timeout}s; see {self.log_path}")
+
+    def _ready(self) -> bool:
+        """pushapp: /health/ready (subscribed and a lease holder); the baseline: /monitor."""
+        path = "/health/ready" if self.name == "pushapp" else "/monitor"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM to the group, SIGKILL what is left after 15 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def pushapp_gateway(redis_url: str, log_path: Path, **env: str) -> Gateway:
+    """pushapp exactly as deployed: ``gunicorn -c gunicorn.conf.py wsgi:app``."""
+    return Gateway("pushapp", ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+                   {"REDIS_URL": redis_url, **env}, log_path)
+
+
+def baseline_gateway(redis_url: str, log_path: Path, **env: str) -> Gateway:
+    """The naive port, under the same worker class (bench/baseline_gunicorn.conf.py)."""
+    return Gateway("baseline", ["gunicorn", "-c", "bench/baseline_gunicorn.conf.py",
+                                "bench.baseline_app:app"],
+                   {"REDIS_URL": redis_url, **env}, log_path)
+
+
+class Profiler:
+    """py-spy sampling one process into a raw (collapsed stacks) file until stopped."""
+
+    def __init__(self, pid: int, path: Path, rate: int = 250) -> None:
+        self.path = path
+        binary = Path(sys.executable).with_name("py-spy")
+        self.process = subprocess.Popen(
+            [str(binary), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+             "--nonblocking", "--output", str(path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> Path:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.path
+
+
+def filter_server(redis_url: str, limit_s: float) -> None:
+    """The business server between ``chat_filter_channel`` and ``snschat``: every chat a
+    client sends comes back unchanged. Reads what is pending, republishes it in one
+    pipeline; stops after ``limit_s`` or when its parent dies."""
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("chat_filter_channel")
+    parent = os.getppid()
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and os.getppid() == parent:
+        message = pubsub.get_message(timeout=0.2)
+        if message is None:
+            continue
+        pipe = client.pipeline(transaction=False)
+        while message is not None:
+            pipe.publish("snschat", message["data"])
+            message = pubsub.get_message(timeout=0)
+        pipe.execute()

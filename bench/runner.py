@@ -1,0 +1,155 @@
+"""``bench/run``: every scenario against pushapp and the baseline, then a table of ratios.
+
+Each scenario prints one JSON line (results, parameters, the bench command and the
+gateway's command line). With ``--repeat N`` the table shows medians over the N rounds;
+each round runs pushapp and the baseline one after the other, so every ratio compares
+figures taken minutes apart on the same machine.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import signal
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from .scenarios import Settings, dump, run_target
+
+SCENARIOS = ("hb", "chat_acks", "fanout", "fanout_stored", "chat", "storm", "curve",
+             "chat_direct")
+
+QUICK = Settings(connections=1500, processes=2, login_window=100, idle_s=2, load_clients=400,
+                 load_s=2, fanout_rates=(50_000,), fanout_stored_rates=(5_000,), fanout_s=1,
+                 chat_pairs=200, chat_rate=2000, chat_s=1, curve=(500,))
+FULL = Settings(connections=19_900, processes=4, login_window=100, idle_s=10,
+                load_clients=1000, load_s=8, fanout_rates=(10_000, 50_000),
+                fanout_stored_rates=(2_000, 10_000), fanout_s=5, chat_pairs=1000,
+                chat_rate=2000, chat_s=5, curve=(1000, 5000, 10_000))
+
+# The table's rows: per kind of scenario (its name up to a rate or size suffix), the
+# metrics shown, each with True when higher is better.
+METRICS = {
+    "capacity": [("connected", True), ("logins_per_s", True), ("worker_ms_per_login", False),
+                 ("kb_per_connection", False), ("idle_worker_cpu_pct", False)],
+    "hold": [("held", True), ("rss_max_mb", False), ("worker_cpu_pct", False)],
+    "hb": [("acks_per_s", True), ("worker_us_per_ack", False), ("ack_p99_ms", False)],
+    "chat_acks": [("acks_per_s", True), ("worker_us_per_ack", False),
+                  ("deliveries_per_s", True)],
+    "fanout": [("deliveries_per_s", True), ("worker_us_per_delivery", False),
+               ("p50_ms", False), ("p99_ms", False)],
+    "chat": [("messages_per_s", True), ("p50_ms", False), ("p99_ms", False), ("lost", False),
+             ("worker_us_per_message", False)],
+    "disconnect": [("cleanup_s", False), ("worker_cpu_s", False)],
+    "memory_return": [("rss_after_mb", False), ("returned_pct", True)],
+    "storm": [("all_logged_in_s", False), ("all_delivered_s", False)],
+}
+KINDS = {"fanout_stored": "fanout", "chat_direct": "chat"}
+
+
+def _kind(scenario: str) -> str:
+    base = scenario.rstrip("0123456789k.").rstrip("_")
+    return KINDS.get(base, base)
+
+
+def _options() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run (under 2 minutes): 1,500 connections, 1-2 s phases")
+    parser.add_argument("--targets", default="pushapp,baseline",
+                        help="comma-separated: pushapp, baseline")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated, from: " + ", ".join(SCENARIOS)
+                        + " (capacity, disconnect and memory_return always run)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; the table shows medians")
+    parser.add_argument("--connections", type=int, help="logged-in connections held")
+    parser.add_argument("--processes", type=int, help="load agent processes")
+    parser.add_argument("--hold", type=float, default=0.0,
+                        help="seconds to hold the connections idle after connecting")
+    parser.add_argument("--fanout-rates", help="comma-separated offered deliveries per second")
+    parser.add_argument("--chat-rate", type=float, help="offered chat messages per second")
+    parser.add_argument("--curve", help="comma-separated sizes for the mass-disconnect curve")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="record py-spy profiles of the worker per scenario into DIR")
+    parser.add_argument("--json", metavar="FILE", help="also append every JSON line to FILE")
+    return parser.parse_args()
+
+
+def _settings(opts: argparse.Namespace) -> Settings:
+    settings = dataclasses.replace(QUICK if opts.quick else FULL, hold_s=opts.hold)
+    for field, value in (("connections", opts.connections), ("processes", opts.processes),
+                         ("chat_rate", opts.chat_rate)):
+        if value:
+            settings = dataclasses.replace(settings, **{field: value})
+    if opts.fanout_rates:
+        settings.fanout_rates = tuple(float(rate) for rate in opts.fanout_rates.split(","))
+    if opts.curve:
+        settings.curve = tuple(int(size) for size in opts.curve.split(","))
+    if opts.profile:
+        Path(opts.profile).mkdir(parents=True, exist_ok=True)
+        settings.profile_dir = opts.profile
+    return settings
+
+
+def table(lines: list[dict], targets: list[str]) -> str:
+    """Medians per scenario, metric and target, and pushapp's gain over the baseline."""
+    values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for line in lines:
+        for metric, value in line["results"].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[line["scenario"], metric, line["target"]].append(value)
+    rows = [("scenario", "metric", *targets, "gain")]
+    scenarios = list(dict.fromkeys(line["scenario"] for line in lines))
+    for scenario in scenarios:
+        for metric, higher in METRICS.get(_kind(scenario), []):
+            medians = [values.get((scenario, metric, t)) for t in targets]
+            if not any(medians):
+                continue
+            cells = [f"{statistics.median(m):g}" if m else "-" for m in medians]
+            gain = "-"
+            if len(targets) == 2 and all(medians):
+                mine, base = statistics.median(medians[0]), statistics.median(medians[1])
+                if mine > 0 and base > 0:
+                    gain = f"x{(mine / base if higher else base / mine):.2f}"
+            rows.append((scenario, metric, *cells, gain))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths))
+                     for row in rows)
+
+
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_term)
+    opts = _options()
+    settings = _settings(opts)
+    targets = [t for t in opts.targets.split(",") if t]
+    scenarios = set(opts.scenarios.split(","))
+    workdir = Path(tempfile.mkdtemp(prefix="pushapp-bench-"))
+    out = open(opts.json, "a") if opts.json else None
+
+    def emit(line: dict) -> None:
+        dump(line)
+        if out:
+            out.write(json.dumps(line) + "\n")
+            out.flush()
+
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {platform.python_version()}, "
+          f"logs in {workdir}; settings: {dataclasses.asdict(settings)}", flush=True)
+    started = time.monotonic()
+    lines: list[dict] = []
+    for round_no in range(opts.repeat):
+        for target in targets:
+            lines += run_target(target, settings, workdir / f"round{round_no}", emit, scenarios)
+    print(f"\n{table(lines, targets)}\n\n# {time.monotonic() - started:.0f} s, "
+          f"{opts.repeat} round(s); gain: how many times better pushapp's figure is", flush=True)
+
+
+if __name__ == "__main__":
+    main()

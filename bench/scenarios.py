@@ -1,0 +1,447 @@
+"""The scenarios, run in one sequence against one gateway (pushapp or the baseline).
+
+Every figure comes with the CPU each process used meanwhile (the gateway worker, Redis,
+the load agents, the filter server): on a small machine they share the cores, and the
+gateway's CPU per operation is the figure that does not depend on who else is busy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import shlex
+import sys
+import time
+from array import array
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import redis
+
+from pushapp.embedded_redis import EmbeddedRedis
+
+from . import procs
+from .loadgen import LoadGen
+
+
+@dataclasses.dataclass
+class Settings:
+    """What a run does; the runner's options fill it."""
+
+    connections: int = 2000
+    processes: int = 2
+    login_window: int = 100
+    idle_s: float = 3.0
+    hold_s: float = 0.0
+    load_clients: int = 500
+    load_window: int = 2
+    load_s: float = 3.0
+    fanout_rates: tuple[float, ...] = (50_000,)
+    fanout_stored_rates: tuple[float, ...] = (5_000,)
+    fanout_batch: int = 100
+    fanout_s: float = 1.0
+    chat_pairs: int = 500
+    chat_rate: float = 2000
+    chat_s: float = 3.0
+    curve: tuple[int, ...] = (500, 1000)
+    profile_dir: str = ""
+
+
+def percentile(samples: array, q: float) -> float | None:
+    """The ``q`` quantile in milliseconds, None without samples."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+
+
+def _per_s(count: float, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+class Window:
+    """CPU each process used, and the gateway worker's memory, between start and stop."""
+
+    def __init__(self, run: "Run") -> None:
+        self.run = run
+        self.started = time.time()
+        self.worker = procs.sample(run.gateway.worker)
+        self.cpu = {name: sum(map(procs.cpu_seconds, pids)) for name, pids in run.pids().items()}
+
+    def stop(self, ops: float = 0) -> dict:
+        """Wall time, CPU % of a core per process and (given ``ops``) worker µs per op."""
+        wall = time.time() - self.started
+        worker = procs.sample(self.run.gateway.worker)
+        out: dict[str, Any] = {"wall_s": round(wall, 2)}
+        for name, pids in self.run.pids().items():
+            used = sum(map(procs.cpu_seconds, pids)) - self.cpu[name]
+            out[f"{name}_cpu_pct"] = round(100 * used / wall, 1) if wall else 0.0
+        worker_cpu = worker.cpu_s - self.worker.cpu_s
+        self.run.rss_peak_kb = max(self.run.rss_peak_kb, worker.rss_kb)
+        out["worker_cpu_s"] = round(worker_cpu, 2)
+        if ops:
+            out["worker_us_per_op"] = round(1e6 * worker_cpu / ops, 1)
+        out["worker_rss_mb"] = round(worker.rss_kb / 1024, 1)
+        return out
+
+
+class Run:
+    """One gateway with its own Redis, the load agents and the filter server."""
+
+    def __init__(self, target: str, settings: Settings, workdir: Path, emit: Callable[[dict], None],
+                 command: str, **env: str) -> None:
+        self.target = target
+        self.settings = settings
+        self.emit_line = emit
+        self.command = command
+        name = "-".join([target, *(v.lower() for v in env.values())])
+        self.redis_server = EmbeddedRedis(workdir / f"redis-{name}")
+        self.redis_server.start()
+        self.redis = redis.Redis.from_url(self.redis_server.url)
+        make = procs.pushapp_gateway if target == "pushapp" else procs.baseline_gateway
+        self.gateway = make(self.redis_server.url, workdir / f"{name}.log", **env)
+        self.gateway.start()
+        self.loadgen = LoadGen("127.0.0.1", self.gateway.port, settings.processes)
+        self.filter = multiprocessing.get_context("spawn").Process(
+            target=procs.filter_server, args=(self.redis_server.url, 3600), daemon=True)
+        self.filter.start()
+        self.rss_start_kb = procs.sample(self.gateway.worker).rss_kb
+        self.rss_peak_kb = self.rss_start_kb
+
+    def close(self) -> None:
+        self.loadgen.close()
+        self.filter.kill()
+        self.gateway.stop()
+        self.redis_server.stop()
+
+    def pids(self) -> dict[str, list[int]]:
+        return {"worker": [self.gateway.worker], "redis": [self.redis_server.process.pid],
+                "loadgen": self.loadgen.pids, "filter": [self.filter.pid]}
+
+    def report(self, scenario: str, params: dict, results: dict) -> dict:
+        """Print the scenario's JSON line and return its results."""
+        line = {"scenario": scenario, "target": self.target, "params": params,
+                "results": results, "command": self.command, "gateway": self.gateway.command,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.emit_line(line)
+        return results
+
+    def profiled(self, scenario: str) -> procs.Profiler | None:
+        if not self.settings.profile_dir:
+            return None
+        path = Path(self.settings.profile_dir) / f"{self.target}-{scenario}.txt"
+        return procs.Profiler(self.gateway.worker, path)
+
+    def quiet(self, timeout: float = 30.0) -> None:
+        """Wait until nothing arrives at the clients and the worker idles for 0.5 s."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            before = procs.cpu_seconds(self.gateway.worker)
+            time.sleep(0.5)
+            now = sum(self.loadgen.snapshot()["count"].values())
+            if now == last and procs.cpu_seconds(self.gateway.worker) - before < 0.05:
+                return
+            last = now
+
+    def await_count(self, key: str, expected: int, stall_s: float = 10.0,
+                    limit_s: float = 300.0) -> dict:
+        """Poll until the clients counted ``expected`` of ``key``, or nothing new came
+        for ``stall_s``; returns the last snapshot."""
+        deadline = time.monotonic() + limit_s
+        last, last_change = -1, time.monotonic()
+        while True:
+            snap = self.loadgen.snapshot()
+            got = snap["count"][key]
+            if got != last:
+                last, last_change = got, time.monotonic()
+            if got >= expected or time.monotonic() - last_change > stall_s \
+                    or time.monotonic() > deadline:
+                return snap
+            time.sleep(0.1)
+
+    def publish_paced(self, per_s: float, duration: float,
+                      make: Callable[[int], tuple[str, bytes]]) -> int:
+        """Publish ``make(k)`` messages at ``per_s`` for ``duration``, one pipeline a tick."""
+        start = time.time()
+        sent = 0
+        while (elapsed := time.time() - start) < duration:
+            due = int(per_s * elapsed) - sent
+            if due > 0:
+                pipe = self.redis.pipeline(transaction=False)
+                for k in range(sent, sent + due):
+                    pipe.publish(*make(k))
+                pipe.execute()
+                sent += due
+            time.sleep(0.002)
+        return sent
+
+    def open_sockets(self) -> int:
+        """Sockets of the gateway's port not yet closed by it (ESTABLISHED or CLOSE_WAIT)."""
+        port = f":{self.gateway.port:04X}"
+        with open("/proc/net/tcp") as tcp:
+            return sum(1 for line in tcp
+                       if (fields := line.split(None, 4))[1].endswith(port)
+                       and fields[3] in ("01", "08"))
+
+    # The scenarios.
+
+    def capacity(self, users: list[str]) -> dict:
+        """Connect and log in every user; logins per second, memory per connection, idle CPU."""
+        s = self.settings
+        start = procs.sample(self.gateway.worker)
+        profile = self.profiled("logins")
+        window = Window(self)
+        result = self.loadgen.connect(users, s.login_window,
+                                      peers=[users[i ^ 1] for i in range(len(users))])
+        timing = window.stop(result["ok"])
+        if profile:
+            profile.stop()
+        self.loadgen.snapshot(reset=True)
+        time.sleep(1.0)
+        loaded = procs.sample(self.gateway.worker)
+        idle = Window(self)
+        time.sleep(s.idle_s)
+        idle_out = idle.stop()
+        held = self.loadgen.snapshot(reset=True)["connected"]
+        return self.report("capacity", {"connections": len(users), "login_window":
+                                        s.login_window * s.processes}, {
+            "connected": result["ok"], "held_after_idle": held, "errors": result["errors"],
+            "logins_per_s": _per_s(result["ok"], timing["wall_s"]),
+            "worker_ms_per_login": round(timing.get("worker_us_per_op", 0) / 1000, 3),
+            "login_cpu": timing,
+            "rss_start_mb": round(start.rss_kb / 1024, 1),
+            "rss_loaded_mb": round(loaded.rss_kb / 1024, 1),
+            "kb_per_connection": round((loaded.rss_kb - start.rss_kb) / max(1, result["ok"]), 1),
+            "idle_worker_cpu_pct": idle_out["worker_cpu_pct"], "idle_s": s.idle_s,
+            "fds": loaded.fds,
+        })
+
+    def hold(self, users: list[str]) -> dict:
+        """Keep the connections idle for ``hold_s``, sampling memory and CPU each 10 s."""
+        s = self.settings
+        window = Window(self)
+        rss = []
+        deadline = time.monotonic() + s.hold_s
+        while time.monotonic() < deadline:
+            time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
+            rss.append(procs.sample(self.gateway.worker).rss_kb)
+        out = window.stop()
+        snap = self.loadgen.snapshot(reset=True)
+        return self.report("hold", {"connections": len(users), "seconds": s.hold_s}, {
+            "held": snap["connected"], "closed_by_server": snap["count"]["closed_by_server"],
+            "rss_min_mb": round(min(rss) / 1024, 1), "rss_max_mb": round(max(rss) / 1024, 1),
+            "worker_cpu_pct": out["worker_cpu_pct"], "cpu": out,
+        })
+
+    def acked_events(self, kind: str, users: list[str]) -> dict:
+        """``hb`` or ``chat`` with ack, closed loop: acks per second, worker CPU per ack."""
+        s = self.settings
+        senders = users[:s.load_clients]
+        event = "hb" if kind == "hb_ack" else "chat_acks"
+        profile = self.profiled(event)
+        window = Window(self)
+        acks = self.loadgen.closed_loop(kind, senders, s.load_window, s.load_s)
+        out = window.stop(acks)
+        if profile:
+            profile.stop()
+        self.quiet()
+        snap = self.loadgen.snapshot(reset=True)
+        results = {"acks_per_s": _per_s(acks, s.load_s),
+                   "worker_us_per_ack": out.get("worker_us_per_op"),
+                   "ack_p50_ms": percentile(snap["lat"][kind], 0.5),
+                   "ack_p99_ms": percentile(snap["lat"][kind], 0.99), "cpu": out}
+        if kind == "chat_ack":
+            results.update(delivered=snap["count"]["chat"], duplicates=snap["count"]["chat_dup"],
+                           deliveries_per_s=_per_s(snap["count"]["chat"], s.load_s))
+        return self.report(event, {"clients": len(senders), "in_flight_per_client":
+                                   s.load_window, "seconds": s.load_s}, results)
+
+    def fanout(self, users: list[str], rate: float, stored: bool) -> dict:
+        """Notifications of ``fanout_batch`` recipients each, over all users, published at
+        ``rate`` deliveries a second: deliveries per second, publish→receive latency. Past
+        what the gateway sustains, the latency is the queue's and the rate its ceiling."""
+        s = self.settings
+        batch = min(s.fanout_batch, len(users))
+        groups = max(1, len(users) // batch)
+
+        def notification(k: int) -> tuple[str, bytes]:
+            first = (k % groups) * batch
+            return "notification", orjson.dumps({"ts": time.time(), "k": k, "needStore": stored,
+                                                 "toWho": users[first:first + batch]})
+
+        event = f"{'fanout_stored' if stored else 'fanout'}_{rate / 1000:g}k"
+        profile = self.profiled(event)
+        window = Window(self)
+        began = time.time()
+        sent = self.publish_paced(rate / batch, s.fanout_s, notification)
+        snap = self.await_count("notif", sent * batch)
+        delivered = snap["count"]["notif"]
+        span = snap["last_rx"].get("notif", began) - began
+        out = window.stop(delivered)
+        if profile:
+            profile.stop()
+        self.quiet()
+        snap = self.loadgen.snapshot(reset=True)
+        return self.report(event, {"offered_per_s": rate, "recipients_each": batch,
+                                   "seconds": s.fanout_s, "connected": len(users)}, {
+            "deliveries_per_s": _per_s(delivered, span),
+            "expected": sent * batch, "delivered": delivered,
+            "p50_ms": percentile(snap["lat"]["notif"], 0.5),
+            "p99_ms": percentile(snap["lat"]["notif"], 0.99),
+            "worker_us_per_delivery": out.get("worker_us_per_op"), "cpu": out,
+        })
+
+    def chat(self, users: list[str], name: str) -> dict:
+        """Pairs chatting at ``chat_rate`` messages a second in all, every message acked by
+        the gateway and its batch acked by the receiver: end-to-end latency."""
+        s = self.settings
+        senders = users[:2 * s.chat_pairs]
+        profile = self.profiled(name)
+        window = Window(self)
+        began = time.time()
+        sent = self.loadgen.paced_chat(senders, s.chat_rate, s.chat_s)
+        snap = self.await_count("chat", sent, stall_s=3.0)
+        span = snap["last_rx"].get("chat", began) - began
+        out = window.stop(sent)
+        if profile:
+            profile.stop()
+        self.quiet()
+        snap = self.loadgen.snapshot(reset=True)
+        return self.report(name, {"pairs": len(senders) // 2, "offered_per_s": s.chat_rate,
+                                  "seconds": s.chat_s}, {
+            "sent": sent, "acked": snap["count"]["chat_ack"], "delivered": snap["count"]["chat"],
+            "lost": sent - snap["count"]["chat"], "duplicates": snap["count"]["chat_dup"],
+            "messages_per_s": _per_s(snap["count"]["chat"], span),
+            "p50_ms": percentile(snap["lat"]["chat"], 0.5),
+            "p99_ms": percentile(snap["lat"]["chat"], 0.99),
+            "ack_p99_ms": percentile(snap["lat"]["chat_ack"], 0.99),
+            "worker_us_per_message": out.get("worker_us_per_op"), "cpu": out,
+        })
+
+    def disconnect(self, count: int, name: str = "disconnect") -> dict:
+        """Every client drops at once: time and worker CPU until the gateway has closed
+        every socket (and, for pushapp, unbound every user)."""
+        profile = self.profiled(name)
+        window = Window(self)
+        dropped = self.loadgen.drop()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and (self.open_sockets() or self._bound()):
+            time.sleep(0.05)
+        out = window.stop(dropped)
+        if profile:
+            profile.stop()
+        self.loadgen.snapshot(reset=True)
+        return self.report(name, {"connections": count}, {
+            "dropped": dropped, "cleanup_s": out["wall_s"], "worker_cpu_s": out["worker_cpu_s"],
+            "left_open": self.open_sockets(), "cpu": out,
+        })
+
+    def _bound(self) -> int:
+        """Users pushapp still lists as online (0 for the baseline, which keeps none)."""
+        return self.redis.hlen("pushapp:online") if self.target == "pushapp" else 0
+
+    def memory_return(self) -> dict:
+        """After every client left: how much of the RSS growth (to the highest reading of
+        any scenario so far) went back."""
+        time.sleep(2.0)
+        after = procs.sample(self.gateway.worker).rss_kb
+        grown = max(1, self.rss_peak_kb - self.rss_start_kb)
+        return self.report("memory_return", {}, {
+            "rss_start_mb": round(self.rss_start_kb / 1024, 1),
+            "rss_peak_mb": round(self.rss_peak_kb / 1024, 1),
+            "rss_after_mb": round(after / 1024, 1),
+            "returned_pct": round(100 * (self.rss_peak_kb - after) / grown, 1),
+        })
+
+    def storm(self, users: list[str]) -> dict:
+        """While every user is offline, store a chat and a notification for each; then all
+        reconnect at once: time until all are logged in and every stored message arrived."""
+        batch = min(self.settings.fanout_batch, len(users))
+        pipe = self.redis.pipeline(transaction=False)
+        for first in range(0, len(users), batch):
+            pipe.publish("notification", orjson.dumps(
+                {"ts": time.time(), "needStore": True, "toWho": users[first:first + batch]}))
+        for i, user in enumerate(users):
+            pipe.publish("snschat", orjson.dumps(
+                {"from": users[i ^ 1], "to": user, "ts": time.time(), "n": 1}))
+        pipe.execute()
+        self.quiet(60)
+        profile = self.profiled("storm")
+        window = Window(self)
+        began = time.time()
+        result = self.loadgen.connect(users, len(users), timeout=120.0,
+                                      peers=[users[i ^ 1] for i in range(len(users))])
+        logged_in = time.time() - began
+        self.await_count("notif", len(users), stall_s=15.0)
+        snap = self.await_count("chat", len(users), stall_s=15.0)
+        last = max(snap["last_rx"].values(), default=began)
+        out = window.stop(result["ok"])
+        if profile:
+            profile.stop()
+        self.loadgen.snapshot(reset=True)
+        return self.report("storm", {"connections": len(users)}, {
+            "logged_in": result["ok"], "errors": result["errors"],
+            "all_logged_in_s": round(logged_in, 2), "all_delivered_s": round(last - began, 2),
+            "notifications": snap["count"]["notif"], "chats": snap["count"]["chat"],
+            "cpu": out,
+        })
+
+
+def run_target(target: str, settings: Settings, workdir: Path,
+               emit: Callable[[dict], None], scenarios: set[str]) -> list[dict]:
+    """Every scenario against one target, in an order where each leaves the next a known
+    state; returns the reported lines."""
+    lines: list[dict] = []
+
+    def keep(line: dict) -> None:
+        lines.append(line)
+        emit(line)
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = " ".join(shlex.quote(a) for a in ["bench/run", *sys.argv[1:]])
+    users = [f"c{i}" for i in range(settings.connections)]
+    run = Run(target, settings, workdir, keep, command)
+    try:
+        run.capacity(users)
+        if settings.hold_s:
+            run.hold(users)
+        if "hb" in scenarios:
+            run.acked_events("hb_ack", users)
+        if "chat_acks" in scenarios:
+            run.acked_events("chat_ack", users)
+        for rate in settings.fanout_rates if "fanout" in scenarios else ():
+            run.fanout(users, rate, stored=False)
+        for rate in settings.fanout_stored_rates if "fanout_stored" in scenarios else ():
+            run.fanout(users, rate, stored=True)
+        if "chat" in scenarios:
+            run.chat(users, "chat")
+        run.disconnect(len(users))
+        run.memory_return()
+        if "storm" in scenarios:
+            run.storm(users)
+            run.loadgen.drop()
+            run.quiet()
+        for size in settings.curve if "curve" in scenarios else ():
+            if size >= len(users):
+                continue
+            run.loadgen.connect([f"d{size}-{i}" for i in range(size)], settings.login_window)
+            run.quiet()
+            run.disconnect(size, f"disconnect_{size}")
+    finally:
+        run.close()
+    if "chat_direct" in scenarios:
+        direct = Run(target, settings, workdir, keep, command, CHAT_FILTER="direct")
+        try:
+            pairs = [f"x{i}" for i in range(2 * settings.chat_pairs)]
+            direct.loadgen.connect(pairs, settings.login_window,
+                                   peers=[pairs[i ^ 1] for i in range(len(pairs))])
+            direct.chat(pairs, "chat_direct")
+        finally:
+            direct.close()
+    return lines
+
+
+def dump(line: dict) -> None:
+    print(json.dumps(line), flush=True)
