@@ -24,12 +24,12 @@ SCENARIOS = ("hb", "chat_acks", "fanout", "fanout_stored", "chat", "storm", "cur
              "chat_direct")
 
 QUICK = Settings(connections=1500, processes=2, login_window=100, idle_s=2, load_clients=400,
-                 load_s=2, fanout_rates=(50_000,), fanout_stored_rates=(5_000,), fanout_s=1,
-                 chat_pairs=200, chat_rate=2000, chat_s=1, curve=(500,))
+                 load_s=1.5, fanout_rates=(50_000,), fanout_stored_rates=(5_000,), fanout_s=1,
+                 chat_pairs=200, chat_rate=1000, chat_s=1, curve=(500,))
 FULL = Settings(connections=19_900, processes=4, login_window=100, idle_s=10,
-                load_clients=1000, load_s=8, fanout_rates=(10_000, 50_000),
-                fanout_stored_rates=(2_000, 10_000), fanout_s=5, chat_pairs=1000,
-                chat_rate=2000, chat_s=5, curve=(1000, 5000, 10_000))
+                load_clients=1000, load_s=5, fanout_rates=(10_000, 50_000),
+                fanout_stored_rates=(1_000, 5_000), fanout_s=4, chat_pairs=1000,
+                chat_rate=2000, chat_s=4, curve=(1000, 5000, 10_000))
 
 # The table's rows: per kind of scenario (its name up to a rate or size suffix), the
 # metrics shown, each with True when higher is better.
