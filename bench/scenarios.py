@@ -6,6 +6,7 @@ gateway's CPU per operation is the figure that does not depend on who else is bu
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -14,7 +15,7 @@ import sys
 import time
 from array import array
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import orjson
 import redis
@@ -108,6 +109,7 @@ class Run:
         self.filter.start()
         self.rss_start_kb = procs.sample(self.gateway.worker).rss_kb
         self.rss_peak_kb = self.rss_start_kb
+        self.connected = 0
 
     def close(self) -> None:
         self.loadgen.close()
@@ -127,11 +129,33 @@ class Run:
         self.emit_line(line)
         return results
 
-    def profiled(self, scenario: str) -> procs.Profiler | None:
+    @contextlib.contextmanager
+    def profiled(self, scenario: str) -> Iterator[None]:
+        """With ``--profile``: py-spy records the worker while the block runs."""
         if not self.settings.profile_dir:
-            return None
+            yield
+            return
         path = Path(self.settings.profile_dir) / f"{self.target}-{scenario}.txt"
-        return procs.Profiler(self.gateway.worker, path)
+        profiler = procs.Profiler(self.gateway.worker, path)
+        try:
+            yield
+        finally:
+            profiler.stop()
+
+    def deliveries(self, name: str, key: str, send: Callable[[], int], each: float,
+                   stall_s: float) -> tuple[int, dict, float, dict]:
+        """Run ``send`` (it returns how many messages it sent) and wait for ``each``
+        deliveries of ``key`` per message. Returns what was sent, the final counters and
+        latencies, the time from the first send to the last delivery, and the CPU used."""
+        with self.profiled(name):
+            window = Window(self)
+            began = time.time()
+            sent = send()
+            snap = self.await_count(key, int(sent * each), stall_s)
+            span = snap["last_rx"].get(key, began) - began
+            out = window.stop(snap["count"][key])
+        self.quiet()
+        return sent, self.loadgen.snapshot(reset=True), span, out
 
     def quiet(self, timeout: float = 30.0) -> None:
         """Wait until nothing arrives at the clients and the worker idles for 0.5 s."""
@@ -191,13 +215,11 @@ class Run:
         """Connect and log in every user; logins per second, memory per connection, idle CPU."""
         s = self.settings
         start = procs.sample(self.gateway.worker)
-        profile = self.profiled("logins")
-        window = Window(self)
-        result = self.loadgen.connect(users, s.login_window,
-                                      peers=[users[i ^ 1] for i in range(len(users))])
-        timing = window.stop(result["ok"])
-        if profile:
-            profile.stop()
+        with self.profiled("logins"):
+            window = Window(self)
+            result = self.loadgen.connect(users, s.login_window,
+                                          peers=[users[i ^ 1] for i in range(len(users))])
+            timing = window.stop(result["ok"])
         self.loadgen.snapshot(reset=True)
         time.sleep(1.0)
         loaded = procs.sample(self.gateway.worker)
@@ -205,6 +227,7 @@ class Run:
         time.sleep(s.idle_s)
         idle_out = idle.stop()
         held = self.loadgen.snapshot(reset=True)["connected"]
+        self.connected = held
         return self.report("capacity", {"connections": len(users), "login_window":
                                         s.login_window * s.processes}, {
             "connected": result["ok"], "held_after_idle": held, "errors": result["errors"],
@@ -240,12 +263,10 @@ class Run:
         s = self.settings
         senders = users[:s.load_clients]
         event = "hb" if kind == "hb_ack" else "chat_acks"
-        profile = self.profiled(event)
-        window = Window(self)
-        acks = self.loadgen.closed_loop(kind, senders, s.load_window, s.load_s)
-        out = window.stop(acks)
-        if profile:
-            profile.stop()
+        with self.profiled(event):
+            window = Window(self)
+            acks = self.loadgen.closed_loop(kind, senders, s.load_window, s.load_s)
+            out = window.stop(acks)
         self.quiet()
         snap = self.loadgen.snapshot(reset=True)
         results = {"acks_per_s": _per_s(acks, s.load_s),
@@ -272,22 +293,14 @@ class Run:
                                                  "toWho": users[first:first + batch]})
 
         event = f"{'fanout_stored' if stored else 'fanout'}_{rate / 1000:g}k"
-        profile = self.profiled(event)
-        window = Window(self)
-        began = time.time()
-        sent = self.publish_paced(rate / batch, s.fanout_s, notification)
-        snap = self.await_count("notif", sent * batch)
-        delivered = snap["count"]["notif"]
-        span = snap["last_rx"].get("notif", began) - began
-        out = window.stop(delivered)
-        if profile:
-            profile.stop()
-        self.quiet()
-        snap = self.loadgen.snapshot(reset=True)
+        online = batch * self.connected / len(users)  # recipients online per notification
+        sent, snap, span, out = self.deliveries(
+            event, "notif", lambda: self.publish_paced(rate / batch, s.fanout_s, notification),
+            online, stall_s=10.0)
         return self.report(event, {"offered_per_s": rate, "recipients_each": batch,
-                                   "seconds": s.fanout_s, "connected": len(users)}, {
-            "deliveries_per_s": _per_s(delivered, span),
-            "expected": sent * batch, "delivered": delivered,
+                                   "seconds": s.fanout_s, "connected": self.connected}, {
+            "deliveries_per_s": _per_s(snap["count"]["notif"], span),
+            "expected": int(sent * online), "delivered": snap["count"]["notif"],
             "p50_ms": percentile(snap["lat"]["notif"], 0.5),
             "p99_ms": percentile(snap["lat"]["notif"], 0.99),
             "worker_us_per_delivery": out.get("worker_us_per_op"), "cpu": out,
@@ -298,17 +311,9 @@ class Run:
         the gateway and its batch acked by the receiver: end-to-end latency."""
         s = self.settings
         senders = users[:2 * s.chat_pairs]
-        profile = self.profiled(name)
-        window = Window(self)
-        began = time.time()
-        sent = self.loadgen.paced_chat(senders, s.chat_rate, s.chat_s)
-        snap = self.await_count("chat", sent, stall_s=3.0)
-        span = snap["last_rx"].get("chat", began) - began
-        out = window.stop(sent)
-        if profile:
-            profile.stop()
-        self.quiet()
-        snap = self.loadgen.snapshot(reset=True)
+        sent, snap, span, out = self.deliveries(
+            name, "chat", lambda: self.loadgen.paced_chat(senders, s.chat_rate, s.chat_s),
+            1, stall_s=3.0)
         return self.report(name, {"pairs": len(senders) // 2, "offered_per_s": s.chat_rate,
                                   "seconds": s.chat_s}, {
             "sent": sent, "acked": snap["count"]["chat_ack"], "delivered": snap["count"]["chat"],
@@ -324,21 +329,19 @@ class Run:
         """Every client drops at once: time and worker CPU until the gateway has closed
         every socket, pushapp has unbound every user, and the worker idles (the baseline
         runs its disconnect handlers in greenlets of their own, after the close)."""
-        profile = self.profiled(name)
-        window = Window(self)
-        dropped = self.loadgen.drop()
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and (self.open_sockets() or self._bound()):
-            time.sleep(0.05)
-        while time.monotonic() < deadline:
-            before = procs.cpu_seconds(self.gateway.worker)
-            time.sleep(0.1)
-            if procs.cpu_seconds(self.gateway.worker) - before < 0.02:
-                break
-        out = window.stop(dropped)
+        with self.profiled(name):
+            window = Window(self)
+            dropped = self.loadgen.drop()
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and (self.open_sockets() or self._bound()):
+                time.sleep(0.05)
+            while time.monotonic() < deadline:
+                before = procs.cpu_seconds(self.gateway.worker)
+                time.sleep(0.1)
+                if procs.cpu_seconds(self.gateway.worker) - before < 0.02:
+                    break
+            out = window.stop(dropped)
         out["wall_s"] = round(out["wall_s"] - 0.1, 2)  # the idle tenth of a second
-        if profile:
-            profile.stop()
         self.loadgen.snapshot(reset=True)
         return self.report(name, {"connections": count}, {
             "dropped": dropped, "cleanup_s": out["wall_s"], "worker_cpu_s": out["worker_cpu_s"],
@@ -375,18 +378,16 @@ class Run:
                 {"from": users[i ^ 1], "to": user, "ts": time.time(), "n": 1}))
         pipe.execute()
         self.quiet(60)
-        profile = self.profiled("storm")
-        window = Window(self)
-        began = time.time()
-        result = self.loadgen.connect(users, len(users), timeout=120.0,
-                                      peers=[users[i ^ 1] for i in range(len(users))])
-        logged_in = time.time() - began
-        self.await_count("notif", len(users), stall_s=15.0)
-        snap = self.await_count("chat", len(users), stall_s=15.0)
-        last = max(snap["last_rx"].values(), default=began)
-        out = window.stop(result["ok"])
-        if profile:
-            profile.stop()
+        with self.profiled("storm"):
+            window = Window(self)
+            began = time.time()
+            result = self.loadgen.connect(users, len(users), timeout=120.0,
+                                          peers=[users[i ^ 1] for i in range(len(users))])
+            logged_in = time.time() - began
+            self.await_count("notif", len(users), stall_s=15.0)
+            snap = self.await_count("chat", len(users), stall_s=15.0)
+            last = max(snap["last_rx"].values(), default=began)
+            out = window.stop(result["ok"])
         self.loadgen.snapshot(reset=True)
         return self.report("storm", {"connections": len(users)}, {
             "logged_in": result["ok"], "errors": result["errors"],
@@ -428,8 +429,7 @@ def run_target(target: str, settings: Settings, workdir: Path,
         run.memory_return()
         if "storm" in scenarios:
             run.storm(users)
-            run.loadgen.drop()
-            run.quiet()
+            run.disconnect(len(users), f"disconnect_{len(users)}")
         for size in settings.curve if "curve" in scenarios else ():
             if size >= len(users):
                 continue
