@@ -1,1 +1,1 @@
-"""Benchmarks of the gateway against a naive baseline, measured side by side (docs/benchmarks.md)."""
+"""Benchmarks of the gateway against a naive baseline, side by side (docs/benchmarks.md)."""

@@ -91,8 +91,8 @@ class Client(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(_UPGRADE.format(host=self.agent.host, port=self.agent.port,  # type: ignore[attr-defined]
-                                        key=key).encode())
+        self.transport.write(
+            _UPGRADE.format(host=self.agent.host, port=self.agent.port, key=key).encode())
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.dropping:
@@ -168,8 +168,10 @@ class Client(asyncio.Protocol):
         elif packet.startswith(b"42"):
             self.on_event(*_split_ack_id(packet[2:]))
         elif packet.startswith(b"43"):
-            ack_id, _ = _split_ack_id(packet[2:])
+            ack_id, body = _split_ack_id(packet[2:])
             kind, sent = self.pending.pop(ack_id, ("unknown_ack", 0.0))
+            if body.startswith(b'[{"error"'):
+                self.agent.count[kind + "_error"] += 1
             self.agent.on_ack(self, kind, sent)
         elif packet.startswith(b"40"):
             self.call("login", ["login", {"myAuraId": self.user, "deviceId": "bench"}])

@@ -270,6 +270,7 @@ class Run:
         self.quiet()
         snap = self.loadgen.snapshot(reset=True)
         results = {"acks_per_s": _per_s(acks, s.load_s),
+                   "errors": snap["count"][kind + "_error"],
                    "worker_us_per_ack": out.get("worker_us_per_op"),
                    "ack_p50_ms": percentile(snap["lat"][kind], 0.5),
                    "ack_p99_ms": percentile(snap["lat"][kind], 0.99), "cpu": out}
@@ -317,7 +318,9 @@ class Run:
         return self.report(name, {"pairs": len(senders) // 2, "offered_per_s": s.chat_rate,
                                   "seconds": s.chat_s}, {
             "sent": sent, "acked": snap["count"]["chat_ack"], "delivered": snap["count"]["chat"],
-            "lost": sent - snap["count"]["chat"], "duplicates": snap["count"]["chat_dup"],
+            "rejected": snap["count"]["chat_ack_error"],
+            "lost": sent - snap["count"]["chat_ack_error"] - snap["count"]["chat"],
+            "duplicates": snap["count"]["chat_dup"],
             "messages_per_s": _per_s(snap["count"]["chat"], span),
             "p50_ms": percentile(snap["lat"]["chat"], 0.5),
             "p99_ms": percentile(snap["lat"]["chat"], 0.99),
