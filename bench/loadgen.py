@@ -153,6 +153,10 @@ class Client(asyncio.Protocol):
         self.pending[ack_id] = (kind, time.time())
         self.send(b"42%d" % ack_id + orjson.dumps(event))
 
+    def login(self) -> None:
+        if not self.dropping:
+            self.call("login", ["login", {"myAuraId": self.user, "deviceId": "bench"}])
+
     def load(self, kind: str) -> None:
         """One more event of the closed loop or paced run: an ``hb``, or a chat to the peer."""
         if kind == "hb_ack":
@@ -172,9 +176,12 @@ class Client(asyncio.Protocol):
             kind, sent = self.pending.pop(ack_id, ("unknown_ack", 0.0))
             if body.startswith(b'[{"error"'):
                 self.agent.count[kind + "_error"] += 1
+                if kind == "login":  # "temporarily unavailable, try again": so it does
+                    self.agent.loop.call_later(1.0, self.login)
+                    return
             self.agent.on_ack(self, kind, sent)
         elif packet.startswith(b"40"):
-            self.call("login", ["login", {"myAuraId": self.user, "deviceId": "bench"}])
+            self.login()
         elif packet.startswith(b"0"):
             self.send(b"40")
         elif packet.startswith(b"41") or packet.startswith(b"1"):

@@ -34,7 +34,8 @@ FULL = Settings(connections=19_500, processes=4, login_window=100, idle_s=10,
 # The table's rows: per kind of scenario (its name up to a rate or size suffix), the
 # metrics shown, each with True when higher is better.
 METRICS = {
-    "capacity": [("connected", True), ("logins_per_s", True), ("worker_ms_per_login", False),
+    "capacity": [("connected", True), ("logins_rejected", False), ("logins_per_s", True),
+                 ("worker_ms_per_login", False),
                  ("kb_per_connection", False), ("idle_worker_cpu_pct", False)],
     "hold": [("held", True), ("rss_max_mb", False), ("worker_cpu_pct", False)],
     "hb": [("acks_per_s", True), ("worker_us_per_ack", False), ("ack_p99_ms", False)],
@@ -46,7 +47,8 @@ METRICS = {
              ("rejected", False), ("lost", False), ("worker_us_per_message", False)],
     "disconnect": [("cleanup_s", False), ("worker_cpu_s", False)],
     "memory_return": [("rss_after_mb", False), ("returned_pct", True)],
-    "storm": [("all_logged_in_s", False), ("all_delivered_s", False)],
+    "storm": [("logins_rejected", False), ("all_logged_in_s", False),
+              ("all_delivered_s", False)],
 }
 KINDS = {"fanout_stored": "fanout", "chat_direct": "chat"}
 

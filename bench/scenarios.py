@@ -220,7 +220,7 @@ class Run:
             result = self.loadgen.connect(users, s.login_window,
                                           peers=[users[i ^ 1] for i in range(len(users))])
             timing = window.stop(result["ok"])
-        self.loadgen.snapshot(reset=True)
+        logins = self.loadgen.snapshot(reset=True)
         time.sleep(1.0)
         loaded = procs.sample(self.gateway.worker)
         idle = Window(self)
@@ -231,6 +231,7 @@ class Run:
         return self.report("capacity", {"connections": len(users), "login_window":
                                         s.login_window * s.processes}, {
             "connected": result["ok"], "held_after_idle": held, "errors": result["errors"],
+            "logins_rejected": logins["count"]["login_error"],
             "logins_per_s": _per_s(result["ok"], timing["wall_s"]),
             "worker_ms_per_login": round(timing.get("worker_us_per_op", 0) / 1000, 3),
             "login_cpu": timing,
@@ -267,6 +268,8 @@ class Run:
             window = Window(self)
             acks = self.loadgen.closed_loop(kind, senders, s.load_window, s.load_s)
             out = window.stop(acks)
+        if kind == "chat_ack":  # each acked chat is then delivered, through the filter
+            self.await_count("chat", acks, stall_s=5.0)
         self.quiet()
         snap = self.loadgen.snapshot(reset=True)
         results = {"acks_per_s": _per_s(acks, s.load_s),
@@ -275,8 +278,9 @@ class Run:
                    "ack_p50_ms": percentile(snap["lat"][kind], 0.5),
                    "ack_p99_ms": percentile(snap["lat"][kind], 0.99), "cpu": out}
         if kind == "chat_ack":
+            span = snap["last_rx"].get("chat", window.started) - window.started
             results.update(delivered=snap["count"]["chat"], duplicates=snap["count"]["chat_dup"],
-                           deliveries_per_s=_per_s(snap["count"]["chat"], s.load_s))
+                           deliveries_per_s=_per_s(snap["count"]["chat"], span))
         return self.report(event, {"clients": len(senders), "in_flight_per_client":
                                    s.load_window, "seconds": s.load_s}, results)
 
@@ -394,6 +398,7 @@ class Run:
         self.loadgen.snapshot(reset=True)
         return self.report("storm", {"connections": len(users)}, {
             "logged_in": result["ok"], "errors": result["errors"],
+            "logins_rejected": snap["count"]["login_error"],
             "all_logged_in_s": round(logged_in, 2), "all_delivered_s": round(last - began, 2),
             "notifications": snap["count"]["notif"], "chats": snap["count"]["chat"],
             "cpu": out,
