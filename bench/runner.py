@@ -44,7 +44,7 @@ METRICS = {
     "fanout": [("deliveries_per_s", True), ("worker_us_per_delivery", False),
                ("p50_ms", False), ("p99_ms", False)],
     "chat": [("messages_per_s", True), ("p50_ms", False), ("p99_ms", False),
-             ("rejected", False), ("lost", False), ("worker_us_per_message", False)],
+             ("rejected", False), ("undelivered", False), ("worker_us_per_message", False)],
     "disconnect": [("cleanup_s", False), ("worker_cpu_s", False)],
     "memory_return": [("rss_after_mb", False), ("returned_pct", True)],
     "storm": [("logins_rejected", False), ("all_logged_in_s", False),

@@ -323,7 +323,7 @@ class Run:
                                   "seconds": s.chat_s}, {
             "sent": sent, "acked": snap["count"]["chat_ack"], "delivered": snap["count"]["chat"],
             "rejected": snap["count"]["chat_ack_error"],
-            "lost": sent - snap["count"]["chat_ack_error"] - snap["count"]["chat"],
+            "undelivered": sent - snap["count"]["chat_ack_error"] - snap["count"]["chat"],
             "duplicates": snap["count"]["chat_dup"],
             "messages_per_s": _per_s(snap["count"]["chat"], span),
             "p50_ms": percentile(snap["lat"]["chat"], 0.5),
