@@ -25,11 +25,11 @@ SCENARIOS = ("hb", "chat_acks", "fanout", "fanout_stored", "chat", "storm", "cur
 
 QUICK = Settings(connections=1500, processes=2, login_window=100, idle_s=2, load_clients=400,
                  load_s=1.5, fanout_rates=(50_000,), fanout_stored_rates=(5_000,), fanout_s=1,
-                 chat_pairs=200, chat_rate=1000, chat_s=1, curve=(500,))
+                 chat_pairs=200, chat_rate=1000, chat_s=1, curve=(500,), stall_s=4)
 FULL = Settings(connections=19_500, processes=4, login_window=100, idle_s=10,
                 load_clients=1000, load_s=5, fanout_rates=(10_000, 50_000),
                 fanout_stored_rates=(1_000, 5_000), fanout_s=4, chat_pairs=1000,
-                chat_rate=2000, chat_s=4, curve=(1000, 5000, 10_000))
+                chat_rate=2000, chat_s=4, curve=(1000, 5000, 10_000), stall_s=15)
 
 # The table's rows: per kind of scenario (its name up to a rate or size suffix), the
 # metrics shown, each with True when higher is better.

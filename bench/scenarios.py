@@ -46,6 +46,7 @@ class Settings:
     chat_rate: float = 2000
     chat_s: float = 3.0
     curve: tuple[int, ...] = (500, 1000)
+    stall_s: float = 10.0  # how long deliveries may pause before the rest count as undelivered
     profile_dir: str = ""
 
 
@@ -269,7 +270,7 @@ class Run:
             acks = self.loadgen.closed_loop(kind, senders, s.load_window, s.load_s)
             out = window.stop(acks)
         if kind == "chat_ack":  # each acked chat is then delivered, through the filter
-            self.await_count("chat", acks, stall_s=5.0)
+            self.await_count("chat", acks, stall_s=s.stall_s)
         self.quiet()
         snap = self.loadgen.snapshot(reset=True)
         results = {"acks_per_s": _per_s(acks, s.load_s),
@@ -301,7 +302,7 @@ class Run:
         online = batch * self.connected / len(users)  # recipients online per notification
         sent, snap, span, out = self.deliveries(
             event, "notif", lambda: self.publish_paced(rate / batch, s.fanout_s, notification),
-            online, stall_s=10.0)
+            online, stall_s=s.stall_s)
         return self.report(event, {"offered_per_s": rate, "recipients_each": batch,
                                    "seconds": s.fanout_s, "connected": self.connected}, {
             "deliveries_per_s": _per_s(snap["count"]["notif"], span),
@@ -318,7 +319,7 @@ class Run:
         senders = users[:2 * s.chat_pairs]
         sent, snap, span, out = self.deliveries(
             name, "chat", lambda: self.loadgen.paced_chat(senders, s.chat_rate, s.chat_s),
-            1, stall_s=3.0)
+            1, stall_s=s.stall_s)
         return self.report(name, {"pairs": len(senders) // 2, "offered_per_s": s.chat_rate,
                                   "seconds": s.chat_s}, {
             "sent": sent, "acked": snap["count"]["chat_ack"], "delivered": snap["count"]["chat"],
