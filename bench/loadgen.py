@@ -37,7 +37,7 @@ try:
 except ImportError:  # plain asyncio works, at a higher CPU cost per message
     uvloop = None
 
-_TS = re.compile(rb'ts\\":([0-9.]+)')
+_TS = re.compile(rb'"ts\\?":([0-9.]+)')
 _UPGRADE = ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n")
@@ -71,13 +71,14 @@ def _split_ack_id(body: bytes) -> tuple[int | None, bytes]:
 class Client(asyncio.Protocol):
     """One Socket.IO client: websocket framing, Engine.IO pings, acks, login."""
 
-    __slots__ = ("agent", "user", "peer", "transport", "buf", "upgraded", "ready",
+    __slots__ = ("agent", "user", "peer", "token", "transport", "buf", "upgraded", "ready",
                  "next_id", "pending", "seq", "seen", "dropping")
 
-    def __init__(self, agent: "Agent", user: str, peer: str | None) -> None:
+    def __init__(self, agent: "Agent", user: str, peer: str | None, token: str | None) -> None:
         self.agent = agent
         self.user = user
         self.peer = peer
+        self.token = token
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.upgraded = False
@@ -154,8 +155,13 @@ class Client(asyncio.Protocol):
         self.send(b"42%d" % ack_id + orjson.dumps(event))
 
     def login(self) -> None:
-        if not self.dropping:
-            self.call("login", ["login", {"myAuraId": self.user, "deviceId": "bench"}])
+        """``login``, with the user's token when the gateway checks tokens."""
+        if self.dropping:
+            return
+        userinfo = {"myAuraId": self.user, "deviceId": "bench"}
+        if self.token:
+            userinfo["token"] = self.token
+        self.call("login", ["login", userinfo])
 
     def load(self, kind: str) -> None:
         """One more event of the closed loop or paced run: an ``hb``, or a chat to the peer."""
@@ -199,7 +205,8 @@ class Client(asyncio.Protocol):
             if ack_id is not None:
                 self.send(b"43%d[1]" % ack_id)
         elif body.startswith(b'["chat"'):
-            messages = orjson.loads(orjson.loads(body)[1])
+            batch = orjson.loads(body)[1]  # the seed's JSON string of a list
+            messages = orjson.loads(batch) if isinstance(batch, str) else batch
             for message in messages:
                 if message.get("n", 0) > self.seen:
                     self.seen = message["n"]
@@ -243,15 +250,16 @@ class Agent:
         elif kind == self.loop_kind and now < self.loop_until:
             client.load(kind)
 
-    async def connect(self, users: list[str], peers: list[str | None], source: str,
-                      window: int, timeout: float) -> dict:
+    async def connect(self, users: list[str], peers: list[str | None],
+                      tokens: list[str | None], source: str, window: int,
+                      timeout: float) -> dict:
         """Connect and log in ``users`` with at most ``window`` logins in progress."""
         gate = asyncio.Semaphore(window)
         errors: collections.Counter = collections.Counter()
 
-        async def one(user: str, peer: str | None) -> None:
+        async def one(user: str, peer: str | None, token: str | None) -> None:
             async with gate:
-                client = Client(self, user, peer)
+                client = Client(self, user, peer, token)
                 self.clients[user] = client
                 try:
                     await asyncio.wait_for(self._open(client, source), timeout)
@@ -264,7 +272,7 @@ class Agent:
                 finally:
                     client.ready = None
 
-        await asyncio.gather(*(one(u, p) for u, p in zip(users, peers)))
+        await asyncio.gather(*(one(u, p, t) for u, p, t in zip(users, peers, tokens)))
         return {"ok": len(users) - sum(errors.values()), "errors": dict(errors)}
 
     async def _open(self, client: Client, source: str) -> None:
@@ -406,13 +414,16 @@ class LoadGen:
         return [items[i::len(self.conns)] for i in range(len(self.conns))]
 
     def connect(self, users: list[str], window: int, timeout: float = 60.0,
-                peers: list[str | None] | None = None) -> dict:
-        """Connect and log in ``users`` (``window`` logins in flight per process)."""
+                peers: list[str | None] | None = None,
+                tokens: list[str | None] | None = None) -> dict:
+        """Connect and log in ``users`` (``window`` logins in flight per process), each
+        with its peer for chats and its login token (None: ``myAuraId`` alone)."""
         peers = peers or [None] * len(users)
+        tokens = tokens or [None] * len(users)
         results = self._each("connect", [
-            {"users": u, "peers": p, "source": next(self.sources), "window": window,
-             "timeout": timeout}
-            for u, p in zip(self._split(users), self._split(peers))
+            {"users": u, "peers": p, "tokens": t, "source": next(self.sources),
+             "window": window, "timeout": timeout}
+            for u, p, t in zip(self._split(users), self._split(peers), self._split(tokens))
         ], timeout + 30)
         errors: collections.Counter = collections.Counter()
         for result in results:

@@ -23,7 +23,7 @@ from .scenarios import Settings, dump, run_target
 SCENARIOS = ("hb", "chat_acks", "fanout", "fanout_stored", "chat", "storm", "curve",
              "chat_direct")
 
-QUICK = Settings(connections=1500, processes=2, login_window=100, idle_s=2, load_clients=400,
+QUICK = Settings(connections=1500, processes=2, login_window=100, idle_s=2, load_clients=1000,
                  load_s=1.5, fanout_rates=(50_000,), fanout_stored_rates=(5_000,), fanout_s=1,
                  chat_pairs=200, chat_rate=1000, chat_s=1, curve=(500,), stall_s=4)
 FULL = Settings(connections=19_500, processes=4, login_window=100, idle_s=10,

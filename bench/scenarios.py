@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import multiprocessing
+import secrets
 import shlex
 import sys
 import time
@@ -17,6 +18,7 @@ from array import array
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import jwt
 import orjson
 import redis
 
@@ -98,6 +100,10 @@ class Run:
         self.emit_line = emit
         self.command = command
         name = "-".join([target, *(v.lower() for v in env.values())])
+        # pushapp checks login tokens (AUTH_MODE=jwt, its default): the bench signs them.
+        self.jwt_secret = secrets.token_hex(32) if target == "pushapp" else ""
+        if self.jwt_secret:
+            env = {"JWT_SECRET": self.jwt_secret, **env}
         self.redis_server = EmbeddedRedis(workdir / f"redis-{name}")
         self.redis_server.start()
         self.redis = redis.Redis.from_url(self.redis_server.url)
@@ -117,6 +123,15 @@ class Run:
         self.filter.kill()
         self.gateway.stop()
         self.redis_server.stop()
+
+    def connect(self, users: list[str], window: int, timeout: float = 60.0,
+                paired: bool = True) -> dict:
+        """Connect and log in ``users`` (paired: user 2k chats with 2k+1), with tokens."""
+        expires = int(time.time()) + 3 * 3600
+        tokens = [jwt.encode({"sub": u, "exp": expires}, self.jwt_secret, "HS256")
+                  for u in users] if self.jwt_secret else None
+        peers = [users[i ^ 1] for i in range(len(users))] if paired else None
+        return self.loadgen.connect(users, window, timeout, peers, tokens)
 
     def pids(self) -> dict[str, list[int]]:
         return {"worker": [self.gateway.worker], "redis": [self.redis_server.process.pid],
@@ -218,8 +233,7 @@ class Run:
         start = procs.sample(self.gateway.worker)
         with self.profiled("logins"):
             window = Window(self)
-            result = self.loadgen.connect(users, s.login_window,
-                                          peers=[users[i ^ 1] for i in range(len(users))])
+            result = self.connect(users, s.login_window)
             timing = window.stop(result["ok"])
         logins = self.loadgen.snapshot(reset=True)
         time.sleep(1.0)
@@ -389,8 +403,7 @@ class Run:
         with self.profiled("storm"):
             window = Window(self)
             began = time.time()
-            result = self.loadgen.connect(users, len(users), timeout=120.0,
-                                          peers=[users[i ^ 1] for i in range(len(users))])
+            result = self.connect(users, len(users), timeout=120.0)
             logged_in = time.time() - began
             self.await_count("notif", len(users), stall_s=15.0)
             snap = self.await_count("chat", len(users), stall_s=15.0)
@@ -442,7 +455,8 @@ def run_target(target: str, settings: Settings, workdir: Path,
         for size in settings.curve if "curve" in scenarios else ():
             if size >= len(users):
                 continue
-            run.loadgen.connect([f"d{size}-{i}" for i in range(size)], settings.login_window)
+            run.connect([f"d{size}-{i}" for i in range(size)], settings.login_window,
+                        paired=False)
             run.quiet()
             run.disconnect(size, f"disconnect_{size}")
     finally:
@@ -451,8 +465,7 @@ def run_target(target: str, settings: Settings, workdir: Path,
         direct = Run(target, settings, workdir, keep, command, CHAT_FILTER="direct")
         try:
             pairs = [f"x{i}" for i in range(2 * settings.chat_pairs)]
-            direct.loadgen.connect(pairs, settings.login_window,
-                                   peers=[pairs[i ^ 1] for i in range(len(pairs))])
+            direct.connect(pairs, settings.login_window)
             direct.chat(pairs, "chat_direct")
         finally:
             direct.close()
