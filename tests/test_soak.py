@@ -21,10 +21,10 @@ import redis
 from bench.loadgen import LoadGen
 from support import wait_for
 
-pytestmark = pytest.mark.soak
-
 CLIENTS = int(os.environ.get("SOAK_CLIENTS", "2000"))
 SECONDS = float(os.environ.get("SOAK_SECONDS", "180"))
+
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(SECONDS + 300)]
 RECIPIENTS, RATE = 50, 10  # 10 stored notifications a second to 50 users: 500 deliveries/s
 
 
