@@ -182,8 +182,11 @@ class Client(asyncio.Protocol):
             kind, sent = self.pending.pop(ack_id, ("unknown_ack", 0.0))
             if body.startswith(b'[{"error"'):
                 self.agent.count[kind + "_error"] += 1
-                if kind == "login":  # "temporarily unavailable, try again": so it does
+                if kind == "login" and b"try again" in body:  # so it does, in a second
                     self.agent.loop.call_later(1.0, self.login)
+                    return
+                if kind == "login":
+                    self._fail(ConnectionError(body[:120].decode(errors="replace")))
                     return
             self.agent.on_ack(self, kind, sent)
         elif packet.startswith(b"40"):
