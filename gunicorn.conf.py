@@ -28,8 +28,6 @@ workers = _config.workers
 # for the plain gevent worker with simple-websocket: docs/deployment.md), with a bound on
 # the size of websocket frames.
 worker_class = "pushapp.worker.GatewayWorker"
-# gunicorn's default of 1000 would cap a worker at 1000 sockets, /monitor included.
-worker_connections = _config.worker_connections
 graceful_timeout = 10
 timeout = 30
 accesslog = None
@@ -50,6 +48,15 @@ def _raise_open_files_limit() -> None:
 
 
 _raise_open_files_limit()
+
+# Files a worker needs besides its clients' sockets: its Redis pool, the pub/sub
+# connection, the listening socket, logs, the event loop, metrics files.
+_RESERVED_FILES = _config.redis_max_connections + 64
+_OPEN_FILES = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+# gunicorn's default of 1000 would cap a worker at 1000 sockets, /monitor included. Past
+# the open-files limit less what the worker needs for itself, a client's socket would take
+# the descriptor of a Redis connection and fail everyone else: there, accepting waits.
+worker_connections = max(1, min(_config.worker_connections, _OPEN_FILES - _RESERVED_FILES))
 
 
 def _metrics_dir() -> None:
@@ -95,11 +102,11 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if limit < _config.worker_connections:
-        worker.log.warning("open files limit %d is below WORKER_CONNECTIONS=%d: this worker "
-                           "holds at most about %d sockets", limit, _config.worker_connections,
-                           limit - 50)
+    if worker_connections < _config.worker_connections:
+        worker.log.warning("open files limit %d: this worker holds at most %d sockets, not "
+                           "WORKER_CONNECTIONS=%d (%d files kept for Redis and itself)",
+                           _OPEN_FILES, worker_connections, _config.worker_connections,
+                           _RESERVED_FILES)
 
 
 def worker_exit(server, worker):

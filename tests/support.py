@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import queue
+import resource
 import signal
 import socket
 import subprocess
@@ -84,7 +85,9 @@ class Mailbox:
 class Gateway:
     """pushapp under gunicorn, as deployed: ``gunicorn -c gunicorn.conf.py wsgi:app``."""
 
-    def __init__(self, redis_server: EmbeddedRedis, log_path: Path, **env: Any) -> None:
+    def __init__(self, redis_server: EmbeddedRedis, log_path: Path, open_files: int = 0,
+                 **env: Any) -> None:
+        self.open_files = open_files
         self.redis_server = redis_server
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -108,10 +111,14 @@ class Gateway:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=self._limit_open_files if self.open_files else None,
         )
         log.close()
         self.node = self.wait_ready()["node"]
         return self
+
+    def _limit_open_files(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def assert_unharmed(self) -> None:
         """The worker that started is still the one serving, and nothing raised in it."""

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
+import websocket
 
 from pushapp.embedded_redis import free_port
 from support import ROOT, wait_for
@@ -61,3 +63,27 @@ def test_supervisor_program_serves_the_gateway(tmp_path: Path, start_redis):
     finally:
         subprocess.run([*ctl, "shutdown"], capture_output=True, timeout=30)
         supervisord.wait(30)
+
+
+def test_sockets_never_take_the_files_redis_needs(start_gateway):
+    """With 300 open files and a Redis pool of 50, a worker accepts 186 sockets (300 less
+    the 114 it keeps for itself); the next client waits, and those connected still reach
+    Redis."""
+    gateway = start_gateway(open_files=300, REDIS_MAX_CONNECTIONS=50)
+    assert "holds at most 186 sockets" in gateway.log_text()
+    first = gateway.raw(auto_ack=True)
+    user = "fd-" + str(os.getpid())
+    assert first.call("login", {"myAuraId": user}) == [1]
+    others = [gateway.raw() for _ in range(185)]
+    try:
+        with pytest.raises((websocket.WebSocketException, OSError)):
+            websocket.create_connection(
+                f"ws://127.0.0.1:{gateway.port}/socket.io/?EIO=4&transport=websocket",
+                timeout=2)
+        assert first.call("chat", {"to": user, "n": 1}) == [1]
+        gateway.publish("snschat", {"from": "x", "to": user, "n": 2})
+        wait_for(lambda: [m["n"] for m in first.received] == [2], what="a delivery")
+    finally:
+        for client in others:
+            client.close()
+        first.close()
