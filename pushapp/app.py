@@ -16,6 +16,7 @@ from .events import GatewayServer, Events
 from .manager import GatewayManager
 from .routing import Router
 from .store import Store, connect
+from .transport import LeanEngineServer
 
 
 @dataclasses.dataclass
@@ -33,6 +34,7 @@ class Gateway:
 
     def close(self) -> None:
         self.expiry_watch.kill(block=False)
+        self.socketio.server.eio.pinger.stop()
         self.bridge.close()
 
 
@@ -63,6 +65,7 @@ def create_app(config: Config | None = None) -> Flask:
         engineio_logger=False,
     )
     GatewayServer.adopt(socketio.server)
+    LeanEngineServer.adopt(socketio.server.eio, config.send_backlog_max_bytes)
 
     store = Store(config, connect(config))
     delivery = Delivery(config, store, socketio.server, node_name())

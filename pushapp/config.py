@@ -86,6 +86,7 @@ class Config:
     max_frame_bytes: int = _field("MAX_FRAME_BYTES", 256 * 1024, _positive(int))
     max_recipients: int = _field("MAX_RECIPIENTS", 10_000, _positive(int))
     max_user_id_length: int = _field("MAX_USER_ID_LENGTH", 128, _positive(int))
+    send_backlog_max_bytes: int = _field("SEND_BACKLOG_MAX_BYTES", 1024 * 1024, _positive(int))
 
     ping_interval: float = _field("PING_INTERVAL", 60.0, _positive(float))
     ping_timeout: float = _field("PING_TIMEOUT", 30.0, _positive(float))

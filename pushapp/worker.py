@@ -6,6 +6,10 @@ size, so one client announcing a 4 GB frame would make the worker try to buffer 
 handler refuses to read any frame larger than ``MAX_FRAME_BYTES``: the connection is
 closed instead.
 
+Each connection's buffered reader is 1 KiB instead of Python's default 8 KiB: a handler
+lives as long as its websocket, and its read buffer was the largest single thing it held.
+Frames are mostly small, and a larger read goes straight to the socket.
+
 On SIGTERM gunicorn waits ``graceful_timeout`` for open requests, and a websocket never
 ends by itself: the worker disconnects its clients at once, so that they reconnect to a
 worker that stays (a new one, on a restart) instead of waiting to be cut off.
@@ -30,8 +34,15 @@ def _bounded(read: Callable[[int], bytes], limit: int) -> Callable[[int], bytes]
     return read_frame_payload
 
 
+_READ_BUFFER = 1024
+
+
 class BoundedWebSocketHandler(WebSocketHandler):
     max_frame_bytes = Config.from_env().max_frame_bytes
+
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+        super().__init__(sock, address, server,
+                         rfile if rfile is not None else sock.makefile("rb", _READ_BUFFER))
 
     def upgrade_connection(self) -> Any:
         result = super().upgrade_connection()
