@@ -380,7 +380,7 @@ class Run:
     def memory_return(self) -> dict:
         """After every client left: how much of the RSS growth (to the highest reading of
         any scenario so far) went back."""
-        time.sleep(2.0)
+        time.sleep(5.0)
         after = procs.sample(self.gateway.worker).rss_kb
         grown = max(1, self.rss_peak_kb - self.rss_start_kb)
         return self.report("memory_return", {}, {

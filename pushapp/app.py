@@ -14,6 +14,7 @@ from .config import Config, ConfigError
 from .delivery import Delivery
 from .events import GatewayServer, Events
 from .manager import GatewayManager
+from .memory import MemoryReturn
 from .routing import Router
 from .store import Store, connect
 from .transport import LeanEngineServer
@@ -31,9 +32,11 @@ class Gateway:
     bridge: Bridge
 
     expiry_watch: gevent.Greenlet
+    memory_watch: gevent.Greenlet
 
     def close(self) -> None:
         self.expiry_watch.kill(block=False)
+        self.memory_watch.kill(block=False)
         self.socketio.server.eio.pinger.stop()
         self.bridge.close()
 
@@ -76,8 +79,9 @@ def create_app(config: Config | None = None) -> Flask:
 
     bridge = Bridge(config, store, router)
     bridge.start()
-    app.extensions["pushapp"] = Gateway(config, socketio, store, delivery, router, bridge,
-                                        gevent.spawn(delivery.watch_expiries))
+    app.extensions["pushapp"] = Gateway(
+        config, socketio, store, delivery, router, bridge, gevent.spawn(delivery.watch_expiries),
+        gevent.spawn(MemoryReturn(lambda: len(delivery.by_sid)).run))
     if config.auth_mode == "insecure":
         logging.getLogger(__name__).warning(
             "AUTH_MODE=insecure: logins are trusted as sent (myAuraId), anyone can log in as "
