@@ -93,7 +93,7 @@ class Config:
     # None: browsers only from the gateway's own origin; native apps send no Origin.
     cors_allowed_origins: Any = _field("CORS_ALLOWED_ORIGINS", None, _origins)
 
-    redis_max_connections: int = _field("REDIS_MAX_CONNECTIONS", 200, _positive(int))
+    redis_max_connections: int = _field("REDIS_MAX_CONNECTIONS", 32, _positive(int))
     redis_pool_timeout: float = _field("REDIS_POOL_TIMEOUT", 20.0, _positive(float))
     lease_ttl: float = _field("LEASE_TTL", 5.0, _positive(float))
     log_level: str = _field("LOG_LEVEL", "INFO",
