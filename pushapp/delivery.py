@@ -20,14 +20,17 @@ import redis
 import socketio
 
 from . import logs, metrics, payloads
+from .collector import Collector
 from .config import Config
 from .identity import Identity
-from .store import Entry, Presence, Store
+from .store import Batch, Entry, Presence, Read, Store
 
 log = logging.getLogger(__name__)
 
 CHAT, NOTIF = 1, 2
 _KIND_NAMES = {CHAT: "chat", NOTIF: "notif"}
+# Seconds acks and unbinds wait to be sent to Redis with others.
+_TICK = 0.005
 
 
 class Conn:
@@ -68,6 +71,8 @@ class Delivery:
         self.by_sid: dict[str, Conn] = {}
         self.by_user: dict[str, Conn] = {}
         self._expiries: list[tuple[float, str]] = []
+        self._unbinds = Collector(self._unbind, tick=_TICK)
+        self._acks = Collector(self._remove_acked, tick=_TICK)
 
     def connect(self, sid: str) -> Conn:
         conn = self.by_sid[sid] = Conn(sid, self.config.rate_burst)
@@ -86,17 +91,27 @@ class Delivery:
         conn.user, conn.device, conn.chat_cursor, conn.notif_cursor = (
             who.user, who.device, None, None)
         self.set_expiry(conn, who.expires)
-        old = self.store.bind(who.user, Presence(self.node, sid, who.device, _now_ms()))
+        claimed = self._claim([conn], CHAT | NOTIF)
+        trims = {"chat" if kind == "chat" else "notif": mid for kind, mid in (seen or {}).items()}
+        try:
+            old, batches = self.store.login(
+                who.user, Presence(self.node, sid, who.device, _now_ms()), userinfo, trims,
+                self._reads(claimed), self.config.chat_batch_max)
+        except BaseException:
+            self._release(claimed)
+            raise
+        if conn.closed:
+            # The socket went during the round trip, maybe before its unbind could apply.
+            self._release(claimed)
+            self._unbinds.add((who.user, sid))
+            return
         self.by_user[who.user] = conn
         logs.event(log, "login", user=who.user, device=who.device, sid=sid, address=address)
         metrics.LOGINS.inc()
         if old is not None and old.sid != sid:
             logout = bool(old.device and who.device and old.device != who.device)
             self.kick_everywhere(old, who.user, logout)
-        self.store.publish(self.config.channel_login, userinfo)
-        for kind, mid in (seen or {}).items():
-            self.store.remove_through("chat" if kind == "chat" else "notif", who.user, mid)
-        self.flush(conn, CHAT | NOTIF)
+        self._drain_claimed(claimed, batches)
 
     def kick_everywhere(self, old: Presence, user: str, logout: bool) -> None:
         if old.node == self.node:
@@ -150,10 +165,15 @@ class Delivery:
             return
         logs.event(log, "disconnect", user=conn.user, device=conn.device, sid=sid,
                    address=self.address(sid))
+        self._unbinds.add((conn.user, sid))
+
+    def _unbind(self, sockets: list[tuple[str, str]]) -> None:
+        """Unbind the sockets that went in the last tick: one Lua call for all of them."""
         try:
-            self.store.unbind(conn.user, sid)
+            self.store.unbind(sockets)
         except redis.RedisError as exc:
-            log.warning("could not unbind user=%s sid=%s: %s", conn.user, sid, exc)
+            log.warning("could not unbind %d users (%s, ...): %s", len(sockets),
+                        sockets[0][0], exc)
             metrics.ERRORS.labels("redis").inc()
 
     def address(self, sid: str) -> str:
@@ -165,6 +185,8 @@ class Delivery:
         log.info("disconnecting %d sockets: the worker is stopping", len(self.by_sid))
         for sid in list(self.by_sid):
             self.server.disconnect(sid)
+        self._acks.drain()
+        self._unbinds.drain()
 
     def _forget(self, conn: Conn) -> None:
         conn.closed = True
@@ -173,15 +195,18 @@ class Delivery:
             del self.by_user[conn.user]
 
     def deliver(self, kinds: int, users: list[str]) -> None:
-        """New stored messages of ``kinds`` wait for these users: send them to their sockets.
-        A chat for a user presence placed here but who has gone (just disconnected, or
-        whose unbind failed while Redis was away) asks for a mobile push instead."""
+        """New stored messages of ``kinds`` wait for these users: send them to their sockets,
+        reading all their streams in one round trip. A chat for a user presence placed here
+        but who has gone (just disconnected, or whose unbind failed while Redis was away)
+        asks for a mobile push instead."""
+        conns = []
         for user in users:
             conn = self.by_user.get(user)
             if conn is not None:
-                self.flush(conn, kinds)
+                conns.append(conn)
             elif kinds & CHAT:
                 self.push(user)
+        self.flush(conns, kinds)
 
     def deliver_unstored(self, users: list[str], raw: str) -> None:
         """A notification that is not stored: at most once, to whoever is here now. One
@@ -191,30 +216,70 @@ class Delivery:
             self.server.emit("notification", raw, to=sids)
             metrics.MESSAGES_OUT.labels("notification").inc(len(sids))
 
-    def flush(self, conn: Conn, kinds: int) -> None:
-        """Send what is stored after the socket's cursors. If a flush of that kind is
-        already running for this socket, mark it dirty; the running one loops once more."""
-        for kind in (CHAT, NOTIF):
-            if not kinds & kind:
-                continue
-            if conn.busy & kind:
-                conn.dirty |= kind
-                continue
-            conn.busy |= kind
+    def flush(self, conns: list[Conn], kinds: int) -> None:
+        """Send what is stored after the sockets' cursors. If a flush of that kind is
+        already running for a socket, mark it dirty; the running one loops once more."""
+        claimed = self._claim(conns, kinds)
+        if not claimed:
+            return
+        try:
+            batches = self.store.read(self._reads(claimed), self.config.chat_batch_max)
+        except redis.RedisError as exc:
+            self._release(claimed)
+            log.warning("delivery to %d sockets (user=%s, ...) postponed, Redis failed: %s",
+                        len(claimed), claimed[0][0].user, exc)
+            metrics.ERRORS.labels("redis").inc()
+            return
+        self._drain_claimed(claimed, batches)
+
+    @staticmethod
+    def _claim(conns: list[Conn], kinds: int) -> list[tuple[Conn, int]]:
+        """Mark the (socket, kind) flushes this call runs; those already running are marked
+        dirty instead."""
+        claimed = []
+        for conn in conns:
+            for kind in (CHAT, NOTIF):
+                if not kinds & kind:
+                    continue
+                if conn.busy & kind:
+                    conn.dirty |= kind
+                    continue
+                conn.busy |= kind
+                conn.dirty &= ~kind
+                claimed.append((conn, kind))
+        return claimed
+
+    @staticmethod
+    def _release(claimed: list[tuple[Conn, int]]) -> None:
+        for conn, kind in claimed:
+            conn.busy &= ~kind
+
+    @staticmethod
+    def _reads(claimed: list[tuple[Conn, int]]) -> list[Read]:
+        return [(_KIND_NAMES[kind], conn.user,
+                 conn.chat_cursor if kind == CHAT else conn.notif_cursor)
+                for conn, kind in claimed]
+
+    def _drain_claimed(self, claimed: list[tuple[Conn, int]], batches: list[Batch]) -> None:
+        """Send the first batches read for the claimed flushes, then whatever more is
+        stored for them, and release them."""
+        for (conn, kind), batch in zip(claimed, batches):
             try:
-                self._drain(conn, kind)
+                self._drain(conn, kind, batch)
             except redis.RedisError as exc:
                 log.warning("delivery to user=%s postponed, Redis failed: %s", conn.user, exc)
                 metrics.ERRORS.labels("redis").inc()
             finally:
                 conn.busy &= ~kind
 
-    def _drain(self, conn: Conn, kind: int) -> None:
+    def _drain(self, conn: Conn, kind: int, batch: Batch | None) -> None:
         count = self.config.chat_batch_max
         while not conn.closed:
-            conn.dirty &= ~kind
-            cursor = conn.chat_cursor if kind == CHAT else conn.notif_cursor
-            entries, resent = self.store.read(_KIND_NAMES[kind], conn.user, cursor, count)
+            if batch is None:
+                conn.dirty &= ~kind
+                [batch] = self.store.read(self._reads([(conn, kind)]), count)
+            entries, resent = batch
+            batch = None
             metrics.resent(_KIND_NAMES[kind], resent)
             if entries:
                 if kind == CHAT:
@@ -244,12 +309,8 @@ class Delivery:
                         conn.user, args[:1])
             metrics.ERRORS.labels("bad_ack").inc()
             return
-        try:
-            self.store.remove("chat", conn.user, taken)
-            metrics.acked("chat", taken)
-        except redis.RedisError as exc:
-            log.warning("chat ack of user=%s not applied, Redis failed: %s", conn.user, exc)
-            metrics.ERRORS.labels("redis").inc()
+        if taken:
+            self._acks.add(("chat", conn.user, taken))
         conn.unacked_chats = max(0, conn.unacked_chats - 1)
         self._stop_watch_if_acked(conn)
 
@@ -263,14 +324,23 @@ class Delivery:
         self._watch_acks(conn)
 
     def _notification_acked(self, conn: Conn, msg_id: str, *args: Any) -> None:
-        try:
-            self.store.remove("notif", conn.user, [msg_id])
-            metrics.acked("notif", [msg_id])
-        except redis.RedisError as exc:
-            log.warning("notification ack of user=%s not applied: %s", conn.user, exc)
-            metrics.ERRORS.labels("redis").inc()
+        self._acks.add(("notif", conn.user, [msg_id]))
         conn.unacked_notifs = max(0, conn.unacked_notifs - 1)
         self._stop_watch_if_acked(conn)
+
+    def _remove_acked(self, acks: list[tuple[str, str, list[str]]]) -> None:
+        """Remove what the last tick's acks took, one XDEL per stream, in one round trip."""
+        taken: dict[tuple[str, str], list[str]] = {}
+        for kind, user, ids in acks:
+            taken.setdefault((kind, user), []).extend(ids)
+        try:
+            self.store.remove([(kind, user, ids) for (kind, user), ids in taken.items()])
+        except redis.RedisError as exc:
+            log.warning("acks of %d users not applied, Redis failed: %s", len(taken), exc)
+            metrics.ERRORS.labels("redis").inc()
+            return
+        for (kind, _), ids in taken.items():
+            metrics.acked(kind, ids)
 
     def _watch_acks(self, conn: Conn) -> None:
         if conn.ack_watch is None:
@@ -315,7 +385,7 @@ class Delivery:
             conn.chat_cursor, conn.unacked_chats = None, 0
         if kinds & NOTIF:
             conn.notif_cursor, conn.unacked_notifs = None, 0
-        self.flush(conn, kinds)
+        self.flush([conn], kinds)
 
     def push(self, user: str) -> None:
         log.info("mobile push requested user=%s", user)

@@ -42,7 +42,7 @@ class Router:
         those online."""
         users, need_store = payloads.notification(
             message, self.config.max_recipients, self.config.max_user_id_length)
-        placements = self.store.store_notification(users, raw, need_store)
+        placements = self._place_notification(users, raw, need_store)
         metrics.MESSAGES_IN.labels("notification").inc()
         by_node: dict[str, list[str]] = defaultdict(list)
         for user, placement in zip(users, placements):
@@ -54,6 +54,19 @@ class Router:
             else:
                 self._signal(node, {"k": 0, "u": online, "m": raw.decode()})
         return dict(zip(users, placements))
+
+    def _place_notification(self, users: list[str], raw: bytes,
+                            need_store: bool) -> list[Placement]:
+        """Store the notification if asked, and find where its recipients are. Unstored,
+        the recipients connected to this worker need no presence lookup; if all are here,
+        Redis is not asked at all."""
+        if need_store:
+            return self.store.store_notification(users, raw, True)
+        here = [user in self.delivery.by_user for user in users]
+        elsewhere = [user for user, local in zip(users, here) if not local]
+        found = iter(self.store.store_notification(elsewhere, raw, False) if elsewhere else ())
+        placed_here = Placement(None, self.node)
+        return [placed_here if local else next(found) for local in here]
 
     def _signal(self, node: str, signal: dict[str, Any]) -> None:
         if node == self.node:

@@ -72,29 +72,58 @@ if live_node(ARGV[1], tonumber(ARGV[2])) then return redis.call('HGET', KEYS[1],
 return false
 """
 
-# KEYS: stream, sent marks. ARGV: start, count, kind, ttl_ms. Returns how many of the rows
-# were sent before (ids up to the mark), then the rows; moves the mark past them.
-_READ = """
+# Reading pending messages to send. KEYS from ``first_key`` on: pairs of stream and sent
+# marks; ARGV from ``first_arg`` on: pairs of start and kind. Per pair: how many of the rows
+# were sent before (ids up to the kind's mark), then the rows; the mark moves past them.
+_READ_FN = """
 local function before(a, b)
   local ams, aseq = string.match(a, '(%d+)-(%d+)')
   local bms, bseq = string.match(b, '(%d+)-(%d+)')
   ams, bms = tonumber(ams), tonumber(bms)
   return ams < bms or (ams == bms and tonumber(aseq) <= tonumber(bseq))
 end
-local rows = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
-if #rows == 0 then return {0, rows} end
-local mark = redis.call('HGET', KEYS[2], ARGV[3])
-local seen = 0
-if mark then
-  for _, row in ipairs(rows) do
-    if before(row[1], mark) then seen = seen + 1 else break end
+local function read(stream, marks, start, count, kind, ttl)
+  local rows = redis.call('XRANGE', stream, start, '+', 'COUNT', count)
+  if #rows == 0 then return {0, rows} end
+  local mark = redis.call('HGET', marks, kind)
+  local seen = 0
+  if mark then
+    for _, row in ipairs(rows) do
+      if before(row[1], mark) then seen = seen + 1 else break end
+    end
   end
+  if seen < #rows then
+    redis.call('HSET', marks, kind, rows[#rows][1])
+    redis.call('PEXPIRE', marks, ttl)
+  end
+  return {seen, rows}
 end
-if seen < #rows then
-  redis.call('HSET', KEYS[2], ARGV[3], rows[#rows][1])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local function read_all(first_key, first_arg, count, ttl)
+  local out = {}
+  for i = 0, (#KEYS - first_key - 1) / 2 do
+    out[#out + 1] = read(KEYS[first_key + 2 * i], KEYS[first_key + 2 * i + 1],
+                         ARGV[first_arg + 2 * i], count, ARGV[first_arg + 2 * i + 1], ttl)
+  end
+  return out
 end
-return {seen, rows}
+"""
+
+# KEYS: stream/marks pairs. ARGV: count, ttl_ms, start/kind pairs.
+_READ = _READ_FN + "return read_all(1, 3, ARGV[1], ARGV[2])"
+
+# A login in one step. KEYS: online, the streams to trim, stream/marks pairs to read. ARGV:
+# user, presence, login channel, userinfo, trims, count, ttl_ms, a MINID per trimmed
+# stream, start/kind pairs. Binds the user (returns the presence it replaced), publishes
+# the userinfo, drops what the client says it has seen, and reads the first batches.
+_LOGIN = _READ_FN + """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+local trims = tonumber(ARGV[5])
+for i = 1, trims do
+  redis.call('XTRIM', KEYS[1 + i], 'MINID', ARGV[7 + i])
+end
+return {old, read_all(2 + trims, 8 + trims, ARGV[6], ARGV[7])}
 """
 
 # KEYS: streams. ARGV: one key prefix per kind. Returns the entries of each kind's streams.
@@ -111,20 +140,16 @@ end
 return totals
 """
 
-# KEYS: online. ARGV: user, value. Returns the value it replaced.
-_BIND = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return old
-"""
-
-# KEYS: online. ARGV: user, sid. Unbinds only the socket that is still bound.
+# KEYS: online. ARGV: user/sid pairs. Unbinds each user whose socket is still that sid.
 _UNBIND = """
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v and cjson.decode(v)[2] == ARGV[2] then
-  return redis.call('HDEL', KEYS[1], ARGV[1])
+local gone = 0
+for i = 1, #ARGV, 2 do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v and cjson.decode(v)[2] == ARGV[i + 1] then
+    gone = gone + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
 end
-return 0
+return gone
 """
 
 # KEYS: lease. ARGV: node, ttl_ms. Renews the lease this node holds or takes a free one.
@@ -172,6 +197,10 @@ class Batch(NamedTuple):
     resent: int
 
 
+# What to read for one socket: kind, user, and the last id sent (None: from the start).
+Read = tuple[str, str, str | None]
+
+
 class Presence(NamedTuple):
     node: str
     sid: str
@@ -202,6 +231,18 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _batch(reply: list) -> Batch:
+    resent, rows = reply
+    return Batch([Entry(_text(msg_id), dict(zip(fields[::2], fields[1::2]))[b"m"])
+                  for msg_id, fields in rows], resent)
+
+
+def _next_id(msg_id: str) -> str:
+    """The smallest stream id after ``msg_id``: MINID of a trim that removes it too."""
+    ms, seq = msg_id.split("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
 class Store:
     """Redis operations of the gateway; none reads a value to write it back from Python."""
 
@@ -216,7 +257,7 @@ class Store:
         self._presence = client.register_script(_PRESENCE)
         self._read = client.register_script(_READ)
         self._count_streams = client.register_script(_COUNT_STREAMS)
-        self._bind = client.register_script(_BIND)
+        self._login = client.register_script(_LOGIN)
         self._unbind = client.register_script(_UNBIND)
         self._hold_lease = client.register_script(_HOLD_LEASE)
         self._drop_lease = client.register_script(_DROP_LEASE)
@@ -249,22 +290,36 @@ class Store:
         )
         return [Placement(i and _text(i), n and _text(n)) for i, n in zip(flat[::2], flat[1::2])]
 
-    def read(self, kind: str, user: str, after: str | None, count: int) -> Batch:
-        """Pending messages of ``user``, oldest first, after id ``after`` (exclusive), to be
-        sent now: also says how many of them were sent before."""
-        start = "(" + after if after else "-"
-        resent, rows = self._read(
-            keys=[self.stream_key(kind, user), self.config.key("sent", user)],
-            args=[start, count, kind, self.config.store_max_age * 1000])
-        return Batch([Entry(_text(msg_id), dict(zip(fields[::2], fields[1::2]))[b"m"])
-                      for msg_id, fields in rows], resent)
+    def read(self, reads: Sequence[Read], count: int) -> list[Batch]:
+        """Pending messages of each (kind, user) after id ``after`` (exclusive; None: all),
+        oldest first, at most ``count`` each, to be sent now: one round trip for all."""
+        keys, args = self._reads(reads)
+        return [_batch(reply) for reply in self._read(keys=keys, args=[count, self._ttl_ms(),
+                                                                       *args])]
 
-    def remove_through(self, kind: str, user: str, msg_id: str) -> int:
-        """Remove every message up to and including ``msg_id``: one command, so messages
-        stored meanwhile, which have later ids, stay."""
-        ms, seq = msg_id.split("-")
-        return self.redis.xtrim(self.stream_key(kind, user), minid=f"{ms}-{int(seq) + 1}",
-                                approximate=False)
+    def login(self, user: str, presence: Presence, userinfo: bytes, seen: dict[str, str],
+              reads: Sequence[Read], count: int) -> tuple[Presence | None, list[Batch]]:
+        """Make ``presence`` the user's socket, publish ``userinfo`` on the login channel,
+        remove what the client has seen (kind -> last id it has; later ones stay) and read
+        the first batches of ``reads``, in one step. Returns the presence it replaced."""
+        trimmed = [self.stream_key(kind, user) for kind in seen]
+        minids = [_next_id(mid) for mid in seen.values()]
+        keys, args = self._reads(reads)
+        old, replies = self._login(
+            keys=[self.online_key, *trimmed, *keys],
+            args=[user, presence.encode(), self.config.channel_login, userinfo, len(trimmed),
+                  count, self._ttl_ms(), *minids, *args])
+        return Presence.decode(old), [_batch(reply) for reply in replies]
+
+    def _reads(self, reads: Sequence[Read]) -> tuple[list[str], list[str]]:
+        keys, args = [], []
+        for kind, user, after in reads:
+            keys += (self.stream_key(kind, user), self.config.key("sent", user))
+            args += ("(" + after if after else "-", kind)
+        return keys, args
+
+    def _ttl_ms(self) -> int:
+        return self.config.store_max_age * 1000
 
     def pending_counts(self, user: str) -> dict[str, int]:
         """Stored messages of each kind waiting for ``user``."""
@@ -295,18 +350,19 @@ class Store:
                 totals[kind] += count
         return totals
 
-    def remove(self, kind: str, user: str, ids: Iterable[str]) -> int:
-        """Remove exactly these messages; others, stored meanwhile, stay."""
-        ids = list(ids)
-        return self.redis.xdel(self.stream_key(kind, user), *ids) if ids else 0
+    def remove(self, acks: Iterable[tuple[str, str, Sequence[str]]]) -> None:
+        """Remove exactly these messages (kind, user, ids); others, stored meanwhile, stay.
+        One XDEL per stream, all in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for kind, user, ids in acks:
+                pipe.xdel(self.stream_key(kind, user), *ids)
+            pipe.execute()
 
-    def bind(self, user: str, presence: Presence) -> Presence | None:
-        """Make ``presence`` the user's socket; returns the one it replaced."""
-        return Presence.decode(self._bind(keys=[self.online_key], args=[user, presence.encode()]))
-
-    def unbind(self, user: str, sid: str) -> bool:
-        """Forget the user's socket, unless another socket has replaced ``sid`` already."""
-        return bool(self._unbind(keys=[self.online_key], args=[user, sid]))
+    def unbind(self, sockets: Sequence[tuple[str, str]]) -> int:
+        """Forget each (user, sid), unless another socket has replaced that sid already.
+        Returns how many users went offline."""
+        return self._unbind(keys=[self.online_key],
+                            args=[part for pair in sockets for part in pair])
 
     def presence(self, user: str) -> Presence | None:
         """The user's socket, if their node's heartbeat is fresh."""

@@ -1,0 +1,99 @@
+"""Work done for many sockets at once: a login storm through a small Redis pool, a mass
+disconnect, acks of many users and a chat flood, each batched into few round trips, with
+nothing lost, nothing removed that was not acked, and presence kept right."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from support import uid, wait_for
+
+USERS = 120
+
+
+@pytest.fixture(scope="module")
+def small_pool(start_gateway):
+    """A gateway whose worker has three Redis connections for everything it does."""
+    return start_gateway(REDIS_MAX_CONNECTIONS=3, REDIS_POOL_TIMEOUT=5)
+
+
+def _login(gateway, user, **extra):
+    raw = gateway.raw(auto_ack=True)
+    assert raw.call("login", {"myAuraId": user, "deviceId": "d", **extra}) == [1]
+    return raw
+
+
+def _login_all(gateway, users):
+    with ThreadPoolExecutor(len(users)) as pool:
+        return list(pool.map(lambda user: _login(gateway, user), users))
+
+
+def test_a_login_storm_through_a_small_pool_delivers_everything(small_pool):
+    users = [uid() for _ in range(USERS)]
+    for user in users:
+        small_pool.publish("snschat", {"from": "a", "to": user, "n": 1})
+    small_pool.publish("notification", {"toWho": users, "needStore": True, "n": 2})
+    wait_for(lambda: all(small_pool.pending("notif", user) for user in users))
+    clients = _login_all(small_pool, users)
+    try:
+        wait_for(lambda: all(len(raw.received) == 2 for raw in clients),
+                 what="every stored message")
+        assert sorted(m["n"] for raw in clients for m in raw.received) == [1] * USERS + [2] * USERS
+        wait_for(lambda: not any(small_pool.pending(kind, user)
+                                 for user in users for kind in ("chat", "notif")),
+                 what="every ack to remove its message")
+    finally:
+        for raw in clients:
+            raw.close()
+    small_pool.assert_unharmed()
+
+
+def test_a_mass_disconnect_unbinds_everyone_but_who_came_back(small_pool):
+    users = [uid() for _ in range(USERS)]
+    clients = _login_all(small_pool, users)
+    for raw in clients:
+        raw.drop()
+    back = _login(small_pool, users[0])
+    try:
+        wait_for(lambda: all(small_pool.presence(user) is None for user in users[1:]),
+                 what="every dropped user to be unbound")
+        assert small_pool.presence(users[0])[1] == back.sid
+    finally:
+        back.close()
+
+
+def test_acks_remove_exactly_what_each_user_acked(small_pool):
+    users = [uid() for _ in range(USERS)]
+    clients = _login_all(small_pool, users)
+    holdout = small_pool.raw()
+    holder = uid()
+    assert holdout.call("login", {"myAuraId": holder, "deviceId": "d"}) == [1]
+    try:
+        for n in range(3):
+            small_pool.publish("notification", {"toWho": [*users, holder], "needStore": True,
+                                                "n": n})
+        wait_for(lambda: all(len(raw.received) == 3 for raw in clients), what="deliveries")
+        wait_for(lambda: not any(small_pool.pending("notif", user) for user in users),
+                 what="the acks")
+        for _ in range(3):
+            holdout.expect("notification")
+        assert [m["n"] for m in small_pool.pending("notif", holder)] == [0, 1, 2]
+    finally:
+        holdout.close()
+        for raw in clients:
+            raw.close()
+
+
+def test_unstored_notifications_reach_local_users_without_a_lookup(small_pool):
+    here, away = uid(), uid()
+    raw = _login(small_pool, here)
+    try:
+        answer = small_pool.api("POST", "/notifications",
+                                json={"toWho": [away, here], "needStore": False, "n": 1})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["online"] == 1
+        wait_for(lambda: raw.received, what="the notification")
+        assert [m["n"] for m in raw.received] == [1]
+    finally:
+        raw.close()
