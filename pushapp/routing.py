@@ -28,14 +28,27 @@ class Router:
     def chat(self, message: dict, raw: bytes) -> dict[str, Placement]:
         """A chat as on ``snschat``: store for ``to``, archive, deliver or ask for a push.
         Returns, per recipient, the stored id and the node it was online at."""
-        to = payloads.user_id(message.get("to"), "to", self.config.max_user_id_length)
-        placement = self.store.store_chat(to, raw)
-        metrics.MESSAGES_IN.labels("chat").inc()
-        if placement.node is None:
-            self.delivery.push(to)
-        else:
-            self._signal(placement.node, {"k": CHAT, "u": [to]})
-        return {to: placement}
+        to = self.recipient(message)
+        return {to: self.chats([(to, raw)])[0]}
+
+    def recipient(self, chat: dict) -> str:
+        """Whom a chat is for; raises PayloadError if it names no valid user."""
+        return payloads.user_id(chat.get("to"), "to", self.config.max_user_id_length)
+
+    def chats(self, chats: list[tuple[str, bytes]]) -> list[Placement]:
+        """Chats (recipient, raw) heard together: stored in order in one step, then one
+        signal per node for all their recipients there."""
+        placements = self.store.store_chats(chats)
+        metrics.MESSAGES_IN.labels("chat").inc(len(chats))
+        by_node: dict[str, dict[str, None]] = defaultdict(dict)
+        for (to, _), placement in zip(chats, placements):
+            if placement.node is None:
+                self.delivery.push(to)
+            else:
+                by_node[placement.node][to] = None
+        for node, users in by_node.items():
+            self._signal(node, {"k": CHAT, "u": list(users)})
+        return placements
 
     def notification(self, message: dict, raw: bytes) -> dict[str, Placement]:
         """A notification as on ``notification``: store per recipient if asked, deliver to

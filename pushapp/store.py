@@ -43,11 +43,18 @@ local function append(stream, raw, maxlen, minid, ttl)
 end
 """
 
-# KEYS: online, nodes, stream. ARGV: raw, user, maxlen, minid, ttl_ms, now_ms, history channel.
-_STORE_CHAT = _LIVE_NODE + """
-local id = append(KEYS[3], ARGV[1], ARGV[3], ARGV[4], ARGV[5])
-redis.call('PUBLISH', ARGV[7], ARGV[1])
-return {id, live_node(ARGV[2], tonumber(ARGV[6]))}
+# KEYS: online, nodes, one stream per chat. ARGV: maxlen, minid, ttl_ms, now_ms, history
+# channel, then raw/user pairs. Returns a flat list: id, node (or false) per chat.
+_STORE_CHATS = _LIVE_NODE + """
+local out = {}
+local now = tonumber(ARGV[4])
+for i = 3, #KEYS do
+  local raw, user = ARGV[2 * i], ARGV[2 * i + 1]
+  out[#out + 1] = append(KEYS[i], raw, ARGV[1], ARGV[2], ARGV[3])
+  redis.call('PUBLISH', ARGV[5], raw)
+  out[#out + 1] = live_node(user, now)
+end
+return out
 """
 
 # KEYS: online, nodes, one stream per user (when stored). ARGV: raw, store?, maxlen, minid,
@@ -231,6 +238,10 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _placements(flat: list) -> list[Placement]:
+    return [Placement(i and _text(i), n and _text(n)) for i, n in zip(flat[::2], flat[1::2])]
+
+
 def _batch(reply: list) -> Batch:
     resent, rows = reply
     return Batch([Entry(_text(msg_id), dict(zip(fields[::2], fields[1::2]))[b"m"])
@@ -252,7 +263,7 @@ class Store:
         self.online_key = config.key("online")
         self.nodes_key = config.key("nodes")
         self.lease_key = config.key("ingest-lease")
-        self._store_chat = client.register_script(_STORE_CHAT)
+        self._store_chats = client.register_script(_STORE_CHATS)
         self._store_notification = client.register_script(_STORE_NOTIFICATION)
         self._presence = client.register_script(_PRESENCE)
         self._read = client.register_script(_READ)
@@ -270,15 +281,16 @@ class Store:
         max_age_ms = self.config.store_max_age * 1000
         return self.config.store_max_entries, f"{now_ms - max_age_ms}-0", max_age_ms, now_ms
 
-    def store_chat(self, user: str, raw: bytes) -> Placement:
-        """Store a chat for ``user``, publish it to the archive channel, and say where the
-        user is, in one step."""
+    def store_chats(self, chats: Sequence[tuple[str, bytes]]) -> list[Placement]:
+        """Store each (user, chat) in order, publish it to the archive channel, and say
+        where its user is, all in one step."""
         maxlen, minid, ttl, now = self._limits()
-        msg_id, node = self._store_chat(
-            keys=[self.online_key, self.nodes_key, self.stream_key("chat", user)],
-            args=[raw, user, maxlen, minid, ttl, now, self.config.channel_chat_history],
-        )
-        return Placement(_text(msg_id), node and _text(node))
+        flat = self._store_chats(
+            keys=[self.online_key, self.nodes_key,
+                  *(self.stream_key("chat", user) for user, _ in chats)],
+            args=[maxlen, minid, ttl, now, self.config.channel_chat_history,
+                  *(part for user, raw in chats for part in (raw, user))])
+        return _placements(flat)
 
     def store_notification(self, users: Sequence[str], raw: bytes, store: bool) -> list[Placement]:
         """Store a notification for each user (if ``store``) and say where each user is."""
@@ -288,7 +300,7 @@ class Store:
             keys=[self.online_key, self.nodes_key, *streams],
             args=[raw, "1" if store else "0", maxlen, minid, ttl, now, *users],
         )
-        return [Placement(i and _text(i), n and _text(n)) for i, n in zip(flat[::2], flat[1::2])]
+        return _placements(flat)
 
     def read(self, reads: Sequence[Read], count: int) -> list[Batch]:
         """Pending messages of each (kind, user) after id ``after`` (exclusive; None: all),

@@ -3,6 +3,7 @@ disconnect, acks of many users and a chat flood, each batched into few round tri
 nothing lost, nothing removed that was not acked, and presence kept right."""
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -97,3 +98,25 @@ def test_unstored_notifications_reach_local_users_without_a_lookup(small_pool):
         assert [m["n"] for m in raw.received] == [1]
     finally:
         raw.close()
+
+
+def test_a_flood_of_chats_heard_at_once_is_stored_in_order(small_pool):
+    users = [uid() for _ in range(3)]
+    clients = [_login(small_pool, user) for user in users]
+    try:
+        with small_pool.redis.pipeline(transaction=False) as pipe:
+            for n in range(300):
+                pipe.publish("snschat", json.dumps({"from": "a", "to": users[n % 3], "n": n}))
+                if n % 50 == 0:
+                    pipe.publish("snschat", "{not json")
+                    pipe.publish("notification", json.dumps({"toWho": users, "n": n}))
+            assert all(pipe.execute()), "the gateway hears snschat"
+        wait_for(lambda: all(len([m for m in raw.received if "from" in m]) == 100
+                             for raw in clients), what="every chat")
+        for index, raw in enumerate(clients):
+            assert [m["n"] for m in raw.received if "from" in m] == list(range(index, 300, 3))
+            assert [m["n"] for m in raw.received if "toWho" in m] == list(range(0, 300, 50))
+    finally:
+        for raw in clients:
+            raw.close()
+    small_pool.assert_unharmed()
