@@ -20,6 +20,7 @@ from typing import NamedTuple
 import orjson
 import redis
 
+from .collector import Collector
 from .config import Config
 
 KINDS = ("chat", "notif")
@@ -272,6 +273,7 @@ class Store:
         self._unbind = client.register_script(_UNBIND)
         self._hold_lease = client.register_script(_HOLD_LEASE)
         self._drop_lease = client.register_script(_DROP_LEASE)
+        self._publishes = Collector(self._publish_all)
 
     def stream_key(self, kind: str, user: str) -> str:
         return self.config.key(kind, user)
@@ -400,4 +402,13 @@ class Store:
         return bool(self._drop_lease(keys=[self.lease_key], args=[holder]))
 
     def publish(self, channel: str, data: bytes | str) -> None:
-        self.redis.publish(channel, data)
+        """Publish ``data``, in one round trip with the others asked for meanwhile (a chat
+        flood sends thousands a second); returns once it is published, in the order asked,
+        and raises the RedisError a PUBLISH of its own would have."""
+        self._publishes.add((channel, data)).get()
+
+    def _publish_all(self, messages: list[tuple[str, bytes | str]]) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for channel, data in messages:
+                pipe.publish(channel, data)
+            pipe.execute()

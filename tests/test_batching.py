@@ -120,3 +120,23 @@ def test_a_flood_of_chats_heard_at_once_is_stored_in_order(small_pool):
         for raw in clients:
             raw.close()
     small_pool.assert_unharmed()
+
+
+def test_chats_sent_at_once_are_all_published_in_order(gateway, channels):
+    users = [uid() for _ in range(20)]
+    clients = _login_all(gateway, users)
+
+    def send(index):
+        raw = clients[index]
+        return [raw.call("chat", {"to": users[index - 1], "n": n}) for n in range(20)]
+
+    try:
+        with ThreadPoolExecutor(len(users)) as pool:
+            assert all(acks == [[1]] * 20 for acks in pool.map(send, range(len(users))))
+        for user in users:
+            heard = [channels.expect("chat_filter_channel", lambda m, u=user: m["from"] == u)
+                     for _ in range(20)]
+            assert [m["n"] for m in heard] == list(range(20))
+    finally:
+        for raw in clients:
+            raw.close()
