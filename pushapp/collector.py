@@ -22,6 +22,30 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class Ticker:
+    """A greenlet that runs ``work`` every ``period`` seconds while ``busy()`` says there
+    is some, and ends when there is none; ``wake`` starts it again."""
+
+    def __init__(self, work: Callable[[], None], busy: Callable[[], bool],
+                 period: float) -> None:
+        self.work = work
+        self.busy = busy
+        self.period = period
+        self._greenlet: gevent.Greenlet | None = None
+
+    def wake(self) -> None:
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._loop)
+
+    def _loop(self) -> None:
+        try:
+            while self.busy():
+                gevent.sleep(self.period)
+                self.work()
+        finally:
+            self._greenlet = None
+
+
 class Collector(Generic[T]):
     """Items added by any greenlet, passed to ``run`` in batches of at most ``limit``,
     ``tick`` seconds after the first of a batch came (0: as soon as the greenlets that are
@@ -31,9 +55,8 @@ class Collector(Generic[T]):
                  tick: float = 0.0) -> None:
         self.run = run
         self.limit = limit
-        self.tick = tick
         self._batches: list[tuple[list[T], AsyncResult]] = []
-        self._greenlet: gevent.Greenlet | None = None
+        self._ticker = Ticker(self.drain, lambda: bool(self._batches), tick)
 
     def add(self, item: T) -> AsyncResult:
         """Queue ``item``; the result is set (or holds the exception) once its batch ran."""
@@ -41,17 +64,8 @@ class Collector(Generic[T]):
             self._batches.append(([], AsyncResult()))
         items, done = self._batches[-1]
         items.append(item)
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._loop)
+        self._ticker.wake()
         return done
-
-    def _loop(self) -> None:
-        try:
-            while self._batches:
-                gevent.sleep(self.tick)
-                self.drain()
-        finally:
-            self._greenlet = None
 
     def drain(self) -> None:
         """Run what is queued now, a batch at a time (also when the worker stops)."""

@@ -20,6 +20,7 @@ import redis
 import socketio
 
 from . import logs, metrics, payloads
+from .ackwatch import AckWatch
 from .collector import Collector
 from .config import Config
 from .identity import Identity
@@ -38,8 +39,8 @@ class Conn:
     connection."""
 
     __slots__ = ("sid", "user", "device", "claims", "expires", "chat_cursor", "notif_cursor",
-                 "busy", "dirty", "unacked_chats", "unacked_notifs", "ack_watch", "closed",
-                 "tokens", "stamp", "strikes")
+                 "busy", "dirty", "unacked_chats", "unacked_notifs", "resend_at", "push_at",
+                 "closed", "tokens", "stamp", "strikes")
 
     def __init__(self, sid: str, burst: int) -> None:
         self.sid = sid
@@ -53,7 +54,8 @@ class Conn:
         self.dirty = 0
         self.unacked_chats = 0
         self.unacked_notifs = 0
-        self.ack_watch: gevent.Greenlet | None = None
+        self.resend_at = math.inf
+        self.push_at = math.inf
         self.closed = False
         self.tokens = float(burst)
         self.stamp = time.monotonic()
@@ -73,6 +75,7 @@ class Delivery:
         self._expiries: list[tuple[float, str]] = []
         self._unbinds = Collector(self._unbind, tick=_TICK)
         self._acks = Collector(self._remove_acked, tick=_TICK)
+        self._ack_watch = AckWatch(config.ack_timeout, config.push_delay, self._resend, self.push)
 
     def connect(self, sid: str) -> Conn:
         conn = self.by_sid[sid] = Conn(sid, self.config.rate_burst)
@@ -298,7 +301,7 @@ class Delivery:
                          callback=partial(self._chats_acked, conn, ids))
         metrics.MESSAGES_OUT.labels("chat").inc(len(ids))
         conn.unacked_chats += 1
-        self._watch_acks(conn)
+        self._ack_watch.sent(conn)
 
     def _chats_acked(self, conn: Conn, ids: list[str], *args: Any) -> None:
         """The ack of a ``chat`` batch: the seed's count of messages taken from the batch,
@@ -312,7 +315,7 @@ class Delivery:
         if taken:
             self._acks.add(("chat", conn.user, taken))
         conn.unacked_chats = max(0, conn.unacked_chats - 1)
-        self._stop_watch_if_acked(conn)
+        self._ack_watch.acked(conn)
 
     def _send_notifications(self, conn: Conn, entries: list[Entry]) -> None:
         for entry in entries:
@@ -321,12 +324,12 @@ class Delivery:
                              callback=partial(self._notification_acked, conn, entry.id))
         metrics.MESSAGES_OUT.labels("notification").inc(len(entries))
         conn.unacked_notifs += len(entries)
-        self._watch_acks(conn)
+        self._ack_watch.sent(conn)
 
     def _notification_acked(self, conn: Conn, msg_id: str, *args: Any) -> None:
         self._acks.add(("notif", conn.user, [msg_id]))
         conn.unacked_notifs = max(0, conn.unacked_notifs - 1)
-        self._stop_watch_if_acked(conn)
+        self._ack_watch.acked(conn)
 
     def _remove_acked(self, acks: list[tuple[str, str, list[str]]]) -> None:
         """Remove what the last tick's acks took, one XDEL per stream, in one round trip."""
@@ -342,50 +345,20 @@ class Delivery:
         for (kind, _), ids in taken.items():
             metrics.acked(kind, ids)
 
-    def _watch_acks(self, conn: Conn) -> None:
-        if conn.ack_watch is None:
-            conn.ack_watch = gevent.spawn(self._ack_watch, conn)
-
-    def _stop_watch_if_acked(self, conn: Conn) -> None:
-        if conn.unacked_chats == 0 and conn.unacked_notifs == 0 and conn.ack_watch is not None:
-            conn.ack_watch.kill(block=False)
-            conn.ack_watch = None
-
-    def _ack_watch(self, conn: Conn) -> None:
-        """While deliveries of this socket wait for acks: resend everything unacked every
-        ``ACK_TIMEOUT``, and ask once for a mobile push when chats are still unacked after
-        ``PUSH_DELAY``, as the seed did, also after the socket has gone."""
-        now = time.monotonic()
-        resend_at, push_at = now + self.config.ack_timeout, now + self.config.push_delay
-        pushed = False
-        try:
-            while conn.unacked_chats or conn.unacked_notifs:
-                wake = min(resend_at if not conn.closed else math.inf,
-                           push_at if not pushed and conn.unacked_chats else math.inf)
-                if wake == math.inf:
-                    return
-                gevent.sleep(max(0.0, wake - time.monotonic()))
-                now = time.monotonic()
-                if not pushed and conn.unacked_chats and now >= push_at:
-                    pushed = True
-                    self.push(conn.user)
-                if not conn.closed and now >= resend_at:
-                    resend_at = now + self.config.ack_timeout
-                    self._resend(conn)
-        finally:
-            if conn.ack_watch is gevent.getcurrent():
-                conn.ack_watch = None
-
-    def _resend(self, conn: Conn) -> None:
-        """Send again all that is stored for the socket: the unacked deliveries, with the
-        ``mid``s they had, so that clients can drop what they already have."""
-        kinds = (CHAT if conn.unacked_chats else 0) | (NOTIF if conn.unacked_notifs else 0)
-        log.info("redelivering unacked user=%s kinds=%d", conn.user, kinds)
-        if kinds & CHAT:
-            conn.chat_cursor, conn.unacked_chats = None, 0
-        if kinds & NOTIF:
-            conn.notif_cursor, conn.unacked_notifs = None, 0
-        self.flush([conn], kinds)
+    def _resend(self, conns: list[Conn]) -> None:
+        """Send again all that is stored for these sockets: the unacked deliveries, with
+        the ``mid``s they had, so that clients can drop what they already have."""
+        by_kinds: dict[int, list[Conn]] = {}
+        for conn in conns:
+            kinds = (CHAT if conn.unacked_chats else 0) | (NOTIF if conn.unacked_notifs else 0)
+            log.info("redelivering unacked user=%s kinds=%d", conn.user, kinds)
+            if kinds & CHAT:
+                conn.chat_cursor, conn.unacked_chats = None, 0
+            if kinds & NOTIF:
+                conn.notif_cursor, conn.unacked_notifs = None, 0
+            by_kinds.setdefault(kinds, []).append(conn)
+        for kinds, group in by_kinds.items():
+            self.flush(group, kinds)
 
     def push(self, user: str) -> None:
         log.info("mobile push requested user=%s", user)
