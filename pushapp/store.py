@@ -245,7 +245,7 @@ def _placements(flat: list) -> list[Placement]:
 
 def _batch(reply: list) -> Batch:
     resent, rows = reply
-    return Batch([Entry(_text(msg_id), dict(zip(fields[::2], fields[1::2]))[b"m"])
+    return Batch([Entry(_text(msg_id), fields[fields.index(b"m") + 1])
                   for msg_id, fields in rows], resent)
 
 
