@@ -20,6 +20,7 @@ from gevent.event import AsyncResult
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Ticker:
@@ -46,12 +47,12 @@ class Ticker:
             self._greenlet = None
 
 
-class Collector(Generic[T]):
+class Collector(Generic[T, R]):
     """Items added by any greenlet, passed to ``run`` in batches of at most ``limit``,
     ``tick`` seconds after the first of a batch came (0: as soon as the greenlets that are
-    ready have run)."""
+    ready have run). ``run`` may answer a list, one result per item."""
 
-    def __init__(self, run: Callable[[list[T]], None], limit: int = 1000,
+    def __init__(self, run: Callable[[list[T]], list[R] | None], limit: int = 1000,
                  tick: float = 0.0) -> None:
         self.run = run
         self.limit = limit
@@ -60,19 +61,28 @@ class Collector(Generic[T]):
 
     def add(self, item: T) -> AsyncResult:
         """Queue ``item``; the result is set (or holds the exception) once its batch ran."""
+        return self._queue(item)[0]
+
+    def call(self, item: T) -> R:
+        """Queue ``item``, wait for its batch, and return what ``run`` answered for it;
+        raises what the batch raised."""
+        done, index = self._queue(item)
+        return done.get()[index]
+
+    def _queue(self, item: T) -> tuple[AsyncResult, int]:
         if not self._batches or len(self._batches[-1][0]) >= self.limit:
             self._batches.append(([], AsyncResult()))
         items, done = self._batches[-1]
         items.append(item)
         self._ticker.wake()
-        return done
+        return done, len(items) - 1
 
     def drain(self) -> None:
         """Run what is queued now, a batch at a time (also when the worker stops)."""
         while self._batches:
             items, done = self._batches.pop(0)
             try:
-                self.run(items)
+                answers = self.run(items)
             except redis.RedisError as exc:
                 done.set_exception(exc)
             except Exception as exc:
@@ -80,4 +90,4 @@ class Collector(Generic[T]):
                 log.exception("a batch of %d failed", len(items))
                 done.set_exception(exc)
             else:
-                done.set(None)
+                done.set(answers)

@@ -99,7 +99,7 @@ class Delivery:
         try:
             old, batches = self.store.login(
                 who.user, Presence(self.node, sid, who.device, _now_ms()), userinfo, trims,
-                self._reads(claimed), self.config.chat_batch_max)
+                self._reads(claimed))
         except BaseException:
             self._release(claimed)
             raise

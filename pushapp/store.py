@@ -80,9 +80,9 @@ if live_node(ARGV[1], tonumber(ARGV[2])) then return redis.call('HGET', KEYS[1],
 return false
 """
 
-# Reading pending messages to send. KEYS from ``first_key`` on: pairs of stream and sent
-# marks; ARGV from ``first_arg`` on: pairs of start and kind. Per pair: how many of the rows
-# were sent before (ids up to the kind's mark), then the rows; the mark moves past them.
+# Reading pending messages to send: the rows of a stream from ``start`` on, after how many
+# of them were sent before (ids up to the kind's mark in ``marks``); the mark moves past
+# them.
 _READ_FN = """
 local function before(a, b)
   local ams, aseq = string.match(a, '(%d+)-(%d+)')
@@ -106,32 +106,42 @@ local function read(stream, marks, start, count, kind, ttl)
   end
   return {seen, rows}
 end
-local function read_all(first_key, first_arg, count, ttl)
-  local out = {}
-  for i = 0, (#KEYS - first_key - 1) / 2 do
-    out[#out + 1] = read(KEYS[first_key + 2 * i], KEYS[first_key + 2 * i + 1],
-                         ARGV[first_arg + 2 * i], count, ARGV[first_arg + 2 * i + 1], ttl)
-  end
-  return out
-end
 """
 
 # KEYS: stream/marks pairs. ARGV: count, ttl_ms, start/kind pairs.
-_READ = _READ_FN + "return read_all(1, 3, ARGV[1], ARGV[2])"
-
-# A login in one step. KEYS: online, the streams to trim, stream/marks pairs to read. ARGV:
-# user, presence, login channel, userinfo, trims, count, ttl_ms, a MINID per trimmed
-# stream, start/kind pairs. Binds the user (returns the presence it replaced), publishes
-# the userinfo, drops what the client says it has seen, and reads the first batches.
-_LOGIN = _READ_FN + """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-local trims = tonumber(ARGV[5])
-for i = 1, trims do
-  redis.call('XTRIM', KEYS[1 + i], 'MINID', ARGV[7 + i])
+_READ = _READ_FN + """
+local out = {}
+for i = 1, #KEYS / 2 do
+  out[i] = read(KEYS[2 * i - 1], KEYS[2 * i], ARGV[2 * i + 1], ARGV[1], ARGV[2 * i + 2], ARGV[2])
 end
-return {old, read_all(2 + trims, 8 + trims, ARGV[6], ARGV[7])}
+return out
+"""
+
+# Logins, each in one step. KEYS: online, then per login the streams to trim and the
+# stream/marks pairs to read. ARGV: login channel, count, ttl_ms, then per login: user,
+# presence, userinfo, trims, reads, a MINID per trimmed stream, start/kind per read. Per
+# login: binds the user, publishes the userinfo, drops what the client says it has seen,
+# and answers the presence it replaced and the first batches read.
+_LOGIN = _READ_FN + """
+local k, a, out = 2, 4, {}
+while a <= #ARGV do
+  local user, trims, reads = ARGV[a], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local old = redis.call('HGET', KEYS[1], user)
+  redis.call('HSET', KEYS[1], user, ARGV[a + 1])
+  redis.call('PUBLISH', ARGV[1], ARGV[a + 2])
+  a = a + 5
+  for _ = 1, trims do
+    redis.call('XTRIM', KEYS[k], 'MINID', ARGV[a])
+    k, a = k + 1, a + 1
+  end
+  local batches = {}
+  for i = 1, reads do
+    batches[i] = read(KEYS[k], KEYS[k + 1], ARGV[a], ARGV[2], ARGV[a + 1], ARGV[3])
+    k, a = k + 2, a + 2
+  end
+  out[#out + 1] = {old, batches}
+end
+return out
 """
 
 # KEYS: streams. ARGV: one key prefix per kind. Returns the entries of each kind's streams.
@@ -209,6 +219,14 @@ class Batch(NamedTuple):
 Read = tuple[str, str, str | None]
 
 
+class _Login(NamedTuple):
+    user: str
+    presence: Presence
+    userinfo: bytes
+    seen: dict[str, str]
+    reads: Sequence[Read]
+
+
 class Presence(NamedTuple):
     node: str
     sid: str
@@ -273,7 +291,8 @@ class Store:
         self._unbind = client.register_script(_UNBIND)
         self._hold_lease = client.register_script(_HOLD_LEASE)
         self._drop_lease = client.register_script(_DROP_LEASE)
-        self._publishes = Collector(self._publish_all)
+        self._publishes: Collector[tuple[str, bytes | str], None] = Collector(self._publish_all)
+        self._logins = Collector(self._login_all, limit=200)
 
     def stream_key(self, kind: str, user: str) -> str:
         return self.config.key(kind, user)
@@ -312,18 +331,27 @@ class Store:
                                                                        *args])]
 
     def login(self, user: str, presence: Presence, userinfo: bytes, seen: dict[str, str],
-              reads: Sequence[Read], count: int) -> tuple[Presence | None, list[Batch]]:
+              reads: Sequence[Read]) -> tuple[Presence | None, list[Batch]]:
         """Make ``presence`` the user's socket, publish ``userinfo`` on the login channel,
         remove what the client has seen (kind -> last id it has; later ones stay) and read
-        the first batches of ``reads``, in one step. Returns the presence it replaced."""
-        trimmed = [self.stream_key(kind, user) for kind in seen]
-        minids = [_next_id(mid) for mid in seen.values()]
-        keys, args = self._reads(reads)
-        old, replies = self._login(
-            keys=[self.online_key, *trimmed, *keys],
-            args=[user, presence.encode(), self.config.channel_login, userinfo, len(trimmed),
-                  count, self._ttl_ms(), *minids, *args])
-        return Presence.decode(old), [_batch(reply) for reply in replies]
+        the first batches of ``reads``, in one step, with the logins asked for meanwhile:
+        a login storm takes one round trip per batch of logins, not one per login.
+        Returns the presence it replaced."""
+        return self._logins.call(_Login(user, presence, userinfo, seen, reads))
+
+    def _login_all(self, logins: list[_Login]) -> list[tuple[Presence | None, list[Batch]]]:
+        keys, args = [self.online_key], [self.config.channel_login,
+                                         self.config.chat_batch_max, self._ttl_ms()]
+        for login in logins:
+            read_keys, read_args = self._reads(login.reads)
+            keys += [self.stream_key(kind, login.user) for kind in login.seen]
+            keys += read_keys
+            args += [login.user, login.presence.encode(), login.userinfo, len(login.seen),
+                     len(login.reads)]
+            args += [_next_id(mid) for mid in login.seen.values()]
+            args += read_args
+        return [(Presence.decode(old), [_batch(reply) for reply in replies])
+                for old, replies in self._login(keys=keys, args=args)]
 
     def _reads(self, reads: Sequence[Read]) -> tuple[list[str], list[str]]:
         keys, args = [], []

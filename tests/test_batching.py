@@ -140,3 +140,22 @@ def test_chats_sent_at_once_are_all_published_in_order(gateway, channels):
     finally:
         for raw in clients:
             raw.close()
+
+
+def test_two_devices_logging_in_at_once_leave_one_bound(small_pool):
+    user = uid()
+    phone, tablet = small_pool.raw(), small_pool.raw()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(
+                lambda pair: pair[0].call("login", {"myAuraId": user, "deviceId": pair[1]}),
+                [(phone, "phone"), (tablet, "tablet")]))
+        assert answers == [[1], [1]]
+        wait_for(lambda: phone.closed.is_set() or tablet.closed.is_set(), what="a kick")
+        kept, kicked = (tablet, phone) if phone.closed.is_set() else (phone, tablet)
+        kicked.expect("logout")
+        assert small_pool.presence(user)[1] == kept.sid
+        assert not kept.closed.wait(0.5)
+    finally:
+        phone.close()
+        tablet.close()
