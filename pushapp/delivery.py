@@ -342,7 +342,10 @@ class Delivery:
             log.warning("acks of %d users not applied, Redis failed: %s", len(taken), exc)
             metrics.ERRORS.labels("redis").inc()
             return
+        by_kind: dict[str, list[str]] = {}
         for (kind, _), ids in taken.items():
+            by_kind.setdefault(kind, []).extend(ids)
+        for kind, ids in by_kind.items():
             metrics.acked(kind, ids)
 
     def _resend(self, conns: list[Conn]) -> None:
