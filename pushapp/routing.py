@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 from . import metrics, payloads
+from .collector import Collector
 from .config import Config
 from .delivery import CHAT, NOTIF, Delivery
 from .store import Placement, Store
@@ -24,12 +25,15 @@ class Router:
         self.store = store
         self.delivery = delivery
         self.node = delivery.node
+        self._one_by_one = Collector(self.chats, limit=500)
 
     def chat(self, message: dict, raw: bytes) -> dict[str, Placement]:
         """A chat as on ``snschat``: store for ``to``, archive, deliver or ask for a push.
-        Returns, per recipient, the stored id and the node it was online at."""
+        Returns, per recipient, the stored id and the node it was online at. Chats that
+        come one at a time from many greenlets (``CHAT_FILTER=direct`` clients, API
+        requests) in the same moment are stored and signalled together."""
         to = self.recipient(message)
-        return {to: self.chats([(to, raw)])[0]}
+        return {to: self._one_by_one.call((to, raw))}
 
     def recipient(self, chat: dict) -> str:
         """Whom a chat is for; raises PayloadError if it names no valid user."""

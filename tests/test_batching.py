@@ -159,3 +159,24 @@ def test_two_devices_logging_in_at_once_leave_one_bound(small_pool):
     finally:
         phone.close()
         tablet.close()
+
+
+def test_direct_chats_sent_at_once_all_arrive_in_order(start_gateway):
+    direct = start_gateway(CHAT_FILTER="direct")
+    receiver, senders = uid(), [uid() for _ in range(20)]
+    inbox = _login(direct, receiver)
+    clients = _login_all(direct, senders)
+
+    def send(raw):
+        return [raw.call("chat", {"to": receiver, "n": n}) for n in range(10)]
+
+    try:
+        with ThreadPoolExecutor(len(clients)) as pool:
+            assert all(acks == [[1]] * 10 for acks in pool.map(send, clients))
+        wait_for(lambda: len(inbox.received) == 200, what="every chat")
+        for sender in senders:
+            assert [m["n"] for m in inbox.received if m["from"] == sender] == list(range(10))
+    finally:
+        inbox.close()
+        for raw in clients:
+            raw.close()
