@@ -189,13 +189,22 @@ class Bridge:
                 except payloads.PayloadError as exc:
                     self._skipped(channel, data, exc)
                 continue
-            if chats:
-                self._attempt(channel, [raw for _, raw in chats], self.router.chats, chats)
-                chats = []
+            self._store_chats(chats)
+            chats = []
             self._attempt(channel, [data], self.route, channel, data)
+        self._store_chats(chats)
+
+    def _store_chats(self, chats: list[tuple[str, bytes]]) -> None:
+        """Store a run of chats heard together; a chat that failed alone (its stream key is
+        unusable) is retried alone."""
         if chats:
             self._attempt(self.config.channel_snschat, [raw for _, raw in chats],
-                          self.router.chats, chats)
+                          self._store_run, chats)
+
+    def _store_run(self, chats: list[tuple[str, bytes]]) -> None:
+        for chat, placement in zip(chats, self.router.chats(chats)):
+            if isinstance(placement, redis.ResponseError):
+                self._attempt(self.config.channel_snschat, [chat[1]], self.router.chats, [chat])
 
     def _attempt(self, channel: str, data: list[bytes], action: Callable[..., Any],
                  *args: Any) -> None:

@@ -65,9 +65,12 @@ class Collector(Generic[T, R]):
 
     def call(self, item: T) -> R:
         """Queue ``item``, wait for its batch, and return what ``run`` answered for it;
-        raises what the batch raised."""
+        raises what the batch raised, or the exception ``run`` answered for this item."""
         done, index = self._queue(item)
-        return done.get()[index]
+        answer = done.get()[index]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     def _queue(self, item: T) -> tuple[AsyncResult, int]:
         if not self._batches or len(self._batches[-1][0]) >= self.limit:

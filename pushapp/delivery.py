@@ -263,7 +263,8 @@ class Delivery:
                  conn.chat_cursor if kind == CHAT else conn.notif_cursor)
                 for conn, kind in claimed]
 
-    def _drain_claimed(self, claimed: list[tuple[Conn, int]], batches: list[Batch]) -> None:
+    def _drain_claimed(self, claimed: list[tuple[Conn, int]],
+                       batches: list[Batch | redis.ResponseError]) -> None:
         """Send the first batches read for the claimed flushes, then whatever more is
         stored for them, and release them."""
         for (conn, kind), batch in zip(claimed, batches):
@@ -275,12 +276,14 @@ class Delivery:
             finally:
                 conn.busy &= ~kind
 
-    def _drain(self, conn: Conn, kind: int, batch: Batch | None) -> None:
+    def _drain(self, conn: Conn, kind: int, batch: Batch | redis.ResponseError | None) -> None:
         count = self.config.chat_batch_max
         while not conn.closed:
             if batch is None:
                 conn.dirty &= ~kind
                 [batch] = self.store.read(self._reads([(conn, kind)]), count)
+            if isinstance(batch, redis.ResponseError):
+                raise batch
             entries, resent = batch
             batch = None
             metrics.resent(_KIND_NAMES[kind], resent)

@@ -10,6 +10,8 @@ import logging
 from collections import defaultdict
 from typing import Any
 
+import redis
+
 from . import metrics, payloads
 from .collector import Collector
 from .config import Config
@@ -39,13 +41,23 @@ class Router:
         """Whom a chat is for; raises PayloadError if it names no valid user."""
         return payloads.user_id(chat.get("to"), "to", self.config.max_user_id_length)
 
-    def chats(self, chats: list[tuple[str, bytes]]) -> list[Placement]:
+    def chats(self, chats: list[tuple[str, bytes]]) -> list[Placement | redis.ResponseError]:
         """Chats (recipient, raw) heard together: stored in order in one step, then one
-        signal per node for all their recipients there."""
-        placements = self.store.store_chats(chats)
+        signal per node for all their recipients there. A chat whose stream cannot be
+        written (its key holds another type; the script checks them all before writing)
+        fails alone: the others are then stored one by one, and its error is its answer."""
+        try:
+            placements: list[Placement | redis.ResponseError] = list(
+                self.store.store_chats(chats))
+        except redis.ResponseError:
+            if len(chats) == 1:
+                raise
+            placements = [self._store_alone(chat) for chat in chats]
         metrics.MESSAGES_IN.labels("chat").inc(len(chats))
         by_node: dict[str, dict[str, None]] = defaultdict(dict)
         for (to, _), placement in zip(chats, placements):
+            if isinstance(placement, redis.ResponseError):
+                continue
             if placement.node is None:
                 self.delivery.push(to)
             else:
@@ -53,6 +65,12 @@ class Router:
         for node, users in by_node.items():
             self._signal(node, {"k": CHAT, "u": list(users)})
         return placements
+
+    def _store_alone(self, chat: tuple[str, bytes]) -> Placement | redis.ResponseError:
+        try:
+            return self.store.store_chats([chat])[0]
+        except redis.ResponseError as exc:
+            return exc
 
     def notification(self, message: dict, raw: bytes) -> dict[str, Placement]:
         """A notification as on ``notification``: store per recipient if asked, deliver to

@@ -45,8 +45,15 @@ end
 """
 
 # KEYS: online, nodes, one stream per chat. ARGV: maxlen, minid, ttl_ms, now_ms, history
-# channel, then raw/user pairs. Returns a flat list: id, node (or false) per chat.
+# channel, then raw/user pairs. Returns a flat list: id, node (or false) per chat. Writes
+# nothing if any of the keys is not a stream.
 _STORE_CHATS = _LIVE_NODE + """
+for i = 3, #KEYS do
+  local kind = redis.call('TYPE', KEYS[i]).ok
+  if kind ~= 'stream' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. kind .. ', not a stream')
+  end
+end
 local out = {}
 local now = tonumber(ARGV[4])
 for i = 3, #KEYS do
@@ -82,7 +89,7 @@ return false
 
 # Reading pending messages to send: the rows of a stream from ``start`` on, after how many
 # of them were sent before (ids up to the kind's mark in ``marks``); the mark moves past
-# them.
+# them. A key that is not a stream answers -1 and no rows, and fails only its own read.
 _READ_FN = """
 local function before(a, b)
   local ams, aseq = string.match(a, '(%d+)-(%d+)')
@@ -91,7 +98,8 @@ local function before(a, b)
   return ams < bms or (ams == bms and tonumber(aseq) <= tonumber(bseq))
 end
 local function read(stream, marks, start, count, kind, ttl)
-  local rows = redis.call('XRANGE', stream, start, '+', 'COUNT', count)
+  local rows = redis.pcall('XRANGE', stream, start, '+', 'COUNT', count)
+  if rows.err then return {-1, {}} end
   if #rows == 0 then return {0, rows} end
   local mark = redis.call('HGET', marks, kind)
   local seen = 0
@@ -131,7 +139,7 @@ while a <= #ARGV do
   redis.call('PUBLISH', ARGV[1], ARGV[a + 2])
   a = a + 5
   for _ = 1, trims do
-    redis.call('XTRIM', KEYS[k], 'MINID', ARGV[a])
+    redis.pcall('XTRIM', KEYS[k], 'MINID', ARGV[a])
     k, a = k + 1, a + 1
   end
   local batches = {}
@@ -261,8 +269,10 @@ def _placements(flat: list) -> list[Placement]:
     return [Placement(i and _text(i), n and _text(n)) for i, n in zip(flat[::2], flat[1::2])]
 
 
-def _batch(reply: list) -> Batch:
+def _batch(reply: list) -> Batch | redis.ResponseError:
     resent, rows = reply
+    if resent < 0:
+        return redis.ResponseError("WRONGTYPE a stored message stream holds another type")
     return Batch([Entry(_text(msg_id), fields[fields.index(b"m") + 1])
                   for msg_id, fields in rows], resent)
 
@@ -323,15 +333,17 @@ class Store:
         )
         return _placements(flat)
 
-    def read(self, reads: Sequence[Read], count: int) -> list[Batch]:
+    def read(self, reads: Sequence[Read], count: int) -> list[Batch | redis.ResponseError]:
         """Pending messages of each (kind, user) after id ``after`` (exclusive; None: all),
-        oldest first, at most ``count`` each, to be sent now: one round trip for all."""
+        oldest first, at most ``count`` each, to be sent now: one round trip for all. A
+        stream that cannot be read answers its error, and fails only its own read."""
         keys, args = self._reads(reads)
         return [_batch(reply) for reply in self._read(keys=keys, args=[count, self._ttl_ms(),
                                                                        *args])]
 
     def login(self, user: str, presence: Presence, userinfo: bytes, seen: dict[str, str],
-              reads: Sequence[Read]) -> tuple[Presence | None, list[Batch]]:
+              reads: Sequence[Read]) -> tuple[Presence | None,
+                                              list[Batch | redis.ResponseError]]:
         """Make ``presence`` the user's socket, publish ``userinfo`` on the login channel,
         remove what the client has seen (kind -> last id it has; later ones stay) and read
         the first batches of ``reads``, in one step, with the logins asked for meanwhile:
@@ -339,7 +351,8 @@ class Store:
         Returns the presence it replaced."""
         return self._logins.call(_Login(user, presence, userinfo, seen, reads))
 
-    def _login_all(self, logins: list[_Login]) -> list[tuple[Presence | None, list[Batch]]]:
+    def _login_all(self, logins: list[_Login]
+                   ) -> list[tuple[Presence | None, list[Batch | redis.ResponseError]]]:
         keys, args = [self.online_key], [self.config.channel_login,
                                          self.config.chat_batch_max, self._ttl_ms()]
         for login in logins:

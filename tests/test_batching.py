@@ -161,8 +161,12 @@ def test_two_devices_logging_in_at_once_leave_one_bound(small_pool):
         tablet.close()
 
 
-def test_direct_chats_sent_at_once_all_arrive_in_order(start_gateway):
-    direct = start_gateway(CHAT_FILTER="direct")
+@pytest.fixture(scope="module")
+def direct(start_gateway):
+    return start_gateway(CHAT_FILTER="direct")
+
+
+def test_direct_chats_sent_at_once_all_arrive_in_order(direct):
     receiver, senders = uid(), [uid() for _ in range(20)]
     inbox = _login(direct, receiver)
     clients = _login_all(direct, senders)
@@ -180,3 +184,23 @@ def test_direct_chats_sent_at_once_all_arrive_in_order(start_gateway):
         inbox.close()
         for raw in clients:
             raw.close()
+
+
+def test_a_chat_whose_stream_is_unusable_fails_alone(direct):
+    receivers = [uid() for _ in range(10)]
+    direct.redis.set(direct.key("chat", receivers[0]), "not a stream")
+    inboxes = _login_all(direct, receivers)
+    senders = _login_all(direct, [uid() for _ in receivers])
+    try:
+        with ThreadPoolExecutor(len(senders)) as pool:
+            acks = list(pool.map(lambda pair: pair[0].call("chat", {"to": pair[1], "n": 1}),
+                                 zip(senders, receivers)))
+        assert "temporarily unavailable" in acks[0][0]["error"]
+        assert acks[1:] == [[1]] * (len(receivers) - 1)
+        wait_for(lambda: all(len(raw.received) == 1 for raw in inboxes[1:]), what="the chats")
+        wait_for(lambda: not any(direct.pending("chat", user) for user in receivers[1:]),
+                 what="the acks")
+    finally:
+        for raw in inboxes + senders:
+            raw.close()
+    direct.assert_unharmed()
