@@ -2,7 +2,10 @@
 
 The listener takes business servers' channels and this node's own signal channel. It
 survives Redis restarts (reconnect with capped, jittered backoff, then resubscribe) and
-skips any message it cannot use with one log line, so no message can stop it.
+skips any message it cannot use with one log line, so no message can stop it. It takes
+every message waiting at once (up to ``_BATCH``) and stores a run of chats in one Lua call,
+with one delivery signal per node: under a flood it keeps up, where one round trip per
+message left it behind the sockets' greenlets.
 
 Every worker hears the business channels, but only the holder of the ingest lease stores
 what they carry: with several workers each message is stored once (seed bug 9). The
@@ -16,6 +19,8 @@ import os
 import random
 import socket
 import time
+from functools import partial
+from typing import Any, Callable
 
 import gevent
 import orjson
@@ -34,6 +39,8 @@ _MAX_BACKOFF = 5.0
 _STORE_RETRY = 30
 # How often the listener looks whether the lease changed hands, at most.
 _LEASE_CHECK = 0.2
+# Messages taken from the subscription at once, at most.
+_BATCH = 500
 
 
 def node_name() -> str:
@@ -159,27 +166,66 @@ class Bridge:
                 log.info("listener %s %s", "subscribed to" if self.hearing else "left",
                          ", ".join(business))
             message = pubsub.get_message(timeout=_LEASE_CHECK)
-            if message is not None:
-                self.handle(message["channel"].decode(), message["data"])
+            if message is None:
+                continue
+            heard = [message]
+            while len(heard) < _BATCH and (message := pubsub.get_message(timeout=0)):
+                heard.append(message)
+            self.handle([(message["channel"].decode(), message["data"]) for message in heard])
 
-    def handle(self, channel: str, data: bytes) -> None:
-        """One pub/sub message. Nothing it carries may raise out of here. Business messages
-        are stored only by the lease holder (a worker that has just lost the lease may still
-        hear one before it unsubscribes)."""
-        if channel != self.node_channel and not self.leader:
-            return
+    def handle(self, messages: list[tuple[str, bytes]]) -> None:
+        """Pub/sub messages, in the order heard. Nothing they carry may raise out of here.
+        Chats that follow each other are stored and signalled together, one round trip for
+        all. Business messages are handled only by the lease holder (a worker that has just
+        lost the lease may still hear some before it unsubscribes)."""
+        chats: list[tuple[str, bytes]] = []
+        for channel, data in messages:
+            if channel != self.node_channel and not self.leader:
+                continue
+            if channel == self.config.channel_snschat:
+                try:
+                    chats.append((self.router.recipient(
+                        payloads.parse_object(data, "snschat message")), data))
+                except payloads.PayloadError as exc:
+                    self._skipped(channel, data, exc)
+                continue
+            self._store_chats(chats)
+            chats = []
+            self._attempt(channel, [data], self.route, channel, data)
+        self._store_chats(chats)
+
+    def _store_chats(self, chats: list[tuple[str, bytes]]) -> None:
+        """Store a run of chats heard together; a chat that failed alone (its stream key is
+        unusable) is retried alone."""
+        if chats:
+            self._attempt(self.config.channel_snschat, [raw for _, raw in chats],
+                          self._store_run, chats)
+
+    def _store_run(self, chats: list[tuple[str, bytes]]) -> None:
+        for chat, placement in zip(chats, self.router.chats(chats)):
+            if isinstance(placement, redis.ResponseError):
+                self._attempt(self.config.channel_snschat, [chat[1]], self.router.chats, [chat])
+
+    def _attempt(self, channel: str, data: list[bytes], action: Callable[..., Any],
+                 *args: Any) -> None:
+        """Run ``action`` for messages heard on ``channel``: a message that cannot be used
+        is skipped with a log line, and a Redis failure is retried."""
         try:
-            self.route(channel, data)
+            action(*args)
         except payloads.PayloadError as exc:
-            log.warning("skipped a message on %s: %s: %.200r", channel, exc, data)
-            metrics.ERRORS.labels("channel_message_invalid").inc()
+            self._skipped(channel, data[0], exc)
         except redis.RedisError as exc:
             metrics.ERRORS.labels("redis").inc()
-            self._retry(channel, data, exc)
+            self._retry(channel, data, exc, partial(action, *args))
         except Exception:
-            log.exception("skipped a message on %s that could not be handled: %.200r",
-                          channel, data)
+            log.exception("skipped %d messages on %s that could not be handled: %.200r",
+                          len(data), channel, data[0])
             metrics.ERRORS.labels("internal").inc()
+
+    @staticmethod
+    def _skipped(channel: str, data: bytes, exc: Exception) -> None:
+        log.warning("skipped a message on %s: %s: %.200r", channel, exc, data)
+        metrics.ERRORS.labels("channel_message_invalid").inc()
 
     def route(self, channel: str, data: bytes) -> None:
         """Hand a message to the router by the channel it came on (or names, in the inbox)."""
@@ -190,22 +236,25 @@ class Bridge:
         elif channel == self.config.channel_notification:
             self.router.notification(payloads.parse_object(data, "notification"), data)
 
-    def _retry(self, channel: str, data: bytes, exc: Exception) -> None:
-        """A message heard but not stored because Redis failed: Redis is most likely
+    def _retry(self, channel: str, data: list[bytes], exc: Exception,
+               again: Callable[[], Any]) -> None:
+        """Messages heard but not stored because Redis failed: Redis is most likely
         restarting, and the listener cannot hear anything else meanwhile, so keep trying
-        (with backoff) for ``_STORE_RETRY`` seconds before giving it up."""
-        log.warning("message on %s not stored yet, Redis failed (%s); retrying", channel, exc)
+        (with backoff) for ``_STORE_RETRY`` seconds before giving them up."""
+        log.warning("%d messages on %s not stored yet, Redis failed (%s); retrying",
+                    len(data), channel, exc)
         deadline, delay = time.monotonic() + _STORE_RETRY, 0.1
         while self._running and time.monotonic() < deadline:
             gevent.sleep(delay)
             delay = min(delay * 2, 2.0)
             try:
-                self.route(channel, data)
-            except redis.RedisError as again:
-                exc = again
+                again()
+            except redis.RedisError as failed:
+                exc = failed
                 continue
-            log.info("message on %s stored after Redis came back", channel)
+            log.info("%d messages on %s stored after Redis came back", len(data), channel)
             return
-        log.error("message on %s lost, Redis failed for %ds (%s): %.200r", channel,
-                  _STORE_RETRY, exc, data)
-        metrics.ERRORS.labels("channel_message_lost").inc()
+        for lost in data:
+            log.error("message on %s lost, Redis failed for %ds (%s): %.200r", channel,
+                      _STORE_RETRY, exc, lost)
+            metrics.ERRORS.labels("channel_message_lost").inc()

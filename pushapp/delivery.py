@@ -3,7 +3,7 @@
 Delivery always reads from Redis: a signal ("user U has new chats") makes the worker read
 the user's stream after the last id it sent to that socket and emit what it finds. So a
 message is never in flight only in a process's memory, and several signals for one user
-collapse into one read. Each socket's flushes are serialised by two bit flags instead of
+collapse into one read; one signal for many users reads all their streams in one call. Each socket's flushes are serialised by two bit flags instead of
 a lock, since it is the cheapest thing to hold at 100k connections.
 """
 from __future__ import annotations
@@ -20,14 +20,18 @@ import redis
 import socketio
 
 from . import logs, metrics, payloads
+from .ackwatch import AckWatch
+from .collector import Collector
 from .config import Config
 from .identity import Identity
-from .store import Entry, Presence, Store
+from .store import Batch, Entry, Presence, Read, Store
 
 log = logging.getLogger(__name__)
 
 CHAT, NOTIF = 1, 2
 _KIND_NAMES = {CHAT: "chat", NOTIF: "notif"}
+# Seconds acks and unbinds wait to be sent to Redis with others.
+_TICK = 0.005
 
 
 class Conn:
@@ -35,8 +39,8 @@ class Conn:
     connection."""
 
     __slots__ = ("sid", "user", "device", "claims", "expires", "chat_cursor", "notif_cursor",
-                 "busy", "dirty", "unacked_chats", "unacked_notifs", "ack_watch", "closed",
-                 "tokens", "stamp", "strikes")
+                 "busy", "dirty", "unacked_chats", "unacked_notifs", "resend_at", "push_at",
+                 "closed", "tokens", "stamp", "strikes")
 
     def __init__(self, sid: str, burst: int) -> None:
         self.sid = sid
@@ -50,7 +54,8 @@ class Conn:
         self.dirty = 0
         self.unacked_chats = 0
         self.unacked_notifs = 0
-        self.ack_watch: gevent.Greenlet | None = None
+        self.resend_at = math.inf
+        self.push_at = math.inf
         self.closed = False
         self.tokens = float(burst)
         self.stamp = time.monotonic()
@@ -68,6 +73,9 @@ class Delivery:
         self.by_sid: dict[str, Conn] = {}
         self.by_user: dict[str, Conn] = {}
         self._expiries: list[tuple[float, str]] = []
+        self._unbinds = Collector(self._unbind, tick=_TICK)
+        self._acks = Collector(self._remove_acked, tick=_TICK)
+        self._ack_watch = AckWatch(config.ack_timeout, config.push_delay, self._resend, self.push)
 
     def connect(self, sid: str) -> Conn:
         conn = self.by_sid[sid] = Conn(sid, self.config.rate_burst)
@@ -86,17 +94,27 @@ class Delivery:
         conn.user, conn.device, conn.chat_cursor, conn.notif_cursor = (
             who.user, who.device, None, None)
         self.set_expiry(conn, who.expires)
-        old = self.store.bind(who.user, Presence(self.node, sid, who.device, _now_ms()))
+        claimed = self._claim([conn], CHAT | NOTIF)
+        trims = {"chat" if kind == "chat" else "notif": mid for kind, mid in (seen or {}).items()}
+        try:
+            old, batches = self.store.login(
+                who.user, Presence(self.node, sid, who.device, _now_ms()), userinfo, trims,
+                self._reads(claimed))
+        except BaseException:
+            self._release(claimed)
+            raise
+        if conn.closed:
+            # The socket went during the round trip, maybe before its unbind could apply.
+            self._release(claimed)
+            self._unbinds.add((who.user, sid))
+            return
         self.by_user[who.user] = conn
         logs.event(log, "login", user=who.user, device=who.device, sid=sid, address=address)
         metrics.LOGINS.inc()
         if old is not None and old.sid != sid:
             logout = bool(old.device and who.device and old.device != who.device)
             self.kick_everywhere(old, who.user, logout)
-        self.store.publish(self.config.channel_login, userinfo)
-        for kind, mid in (seen or {}).items():
-            self.store.remove_through("chat" if kind == "chat" else "notif", who.user, mid)
-        self.flush(conn, CHAT | NOTIF)
+        self._drain_claimed(claimed, batches)
 
     def kick_everywhere(self, old: Presence, user: str, logout: bool) -> None:
         if old.node == self.node:
@@ -150,10 +168,15 @@ class Delivery:
             return
         logs.event(log, "disconnect", user=conn.user, device=conn.device, sid=sid,
                    address=self.address(sid))
+        self._unbinds.add((conn.user, sid))
+
+    def _unbind(self, sockets: list[tuple[str, str]]) -> None:
+        """Unbind the sockets that went in the last tick: one Lua call for all of them."""
         try:
-            self.store.unbind(conn.user, sid)
+            self.store.unbind(sockets)
         except redis.RedisError as exc:
-            log.warning("could not unbind user=%s sid=%s: %s", conn.user, sid, exc)
+            log.warning("could not unbind %d users (%s, ...): %s", len(sockets),
+                        sockets[0][0], exc)
             metrics.ERRORS.labels("redis").inc()
 
     def address(self, sid: str) -> str:
@@ -165,6 +188,8 @@ class Delivery:
         log.info("disconnecting %d sockets: the worker is stopping", len(self.by_sid))
         for sid in list(self.by_sid):
             self.server.disconnect(sid)
+        self._acks.drain()
+        self._unbinds.drain()
 
     def _forget(self, conn: Conn) -> None:
         conn.closed = True
@@ -173,15 +198,18 @@ class Delivery:
             del self.by_user[conn.user]
 
     def deliver(self, kinds: int, users: list[str]) -> None:
-        """New stored messages of ``kinds`` wait for these users: send them to their sockets.
-        A chat for a user presence placed here but who has gone (just disconnected, or
-        whose unbind failed while Redis was away) asks for a mobile push instead."""
+        """New stored messages of ``kinds`` wait for these users: send them to their sockets,
+        reading all their streams in one round trip. A chat for a user presence placed here
+        but who has gone (just disconnected, or whose unbind failed while Redis was away)
+        asks for a mobile push instead."""
+        conns = []
         for user in users:
             conn = self.by_user.get(user)
             if conn is not None:
-                self.flush(conn, kinds)
+                conns.append(conn)
             elif kinds & CHAT:
                 self.push(user)
+        self.flush(conns, kinds)
 
     def deliver_unstored(self, users: list[str], raw: str) -> None:
         """A notification that is not stored: at most once, to whoever is here now. One
@@ -191,30 +219,73 @@ class Delivery:
             self.server.emit("notification", raw, to=sids)
             metrics.MESSAGES_OUT.labels("notification").inc(len(sids))
 
-    def flush(self, conn: Conn, kinds: int) -> None:
-        """Send what is stored after the socket's cursors. If a flush of that kind is
-        already running for this socket, mark it dirty; the running one loops once more."""
-        for kind in (CHAT, NOTIF):
-            if not kinds & kind:
-                continue
-            if conn.busy & kind:
-                conn.dirty |= kind
-                continue
-            conn.busy |= kind
+    def flush(self, conns: list[Conn], kinds: int) -> None:
+        """Send what is stored after the sockets' cursors. If a flush of that kind is
+        already running for a socket, mark it dirty; the running one loops once more."""
+        claimed = self._claim(conns, kinds)
+        if not claimed:
+            return
+        try:
+            batches = self.store.read(self._reads(claimed), self.config.chat_batch_max)
+        except redis.RedisError as exc:
+            self._release(claimed)
+            log.warning("delivery to %d sockets (user=%s, ...) postponed, Redis failed: %s",
+                        len(claimed), claimed[0][0].user, exc)
+            metrics.ERRORS.labels("redis").inc()
+            return
+        self._drain_claimed(claimed, batches)
+
+    @staticmethod
+    def _claim(conns: list[Conn], kinds: int) -> list[tuple[Conn, int]]:
+        """Mark the (socket, kind) flushes this call runs; those already running are marked
+        dirty instead."""
+        claimed = []
+        for conn in conns:
+            for kind in (CHAT, NOTIF):
+                if not kinds & kind:
+                    continue
+                if conn.busy & kind:
+                    conn.dirty |= kind
+                    continue
+                conn.busy |= kind
+                conn.dirty &= ~kind
+                claimed.append((conn, kind))
+        return claimed
+
+    @staticmethod
+    def _release(claimed: list[tuple[Conn, int]]) -> None:
+        for conn, kind in claimed:
+            conn.busy &= ~kind
+
+    @staticmethod
+    def _reads(claimed: list[tuple[Conn, int]]) -> list[Read]:
+        return [(_KIND_NAMES[kind], conn.user,
+                 conn.chat_cursor if kind == CHAT else conn.notif_cursor)
+                for conn, kind in claimed]
+
+    def _drain_claimed(self, claimed: list[tuple[Conn, int]],
+                       batches: list[Batch | redis.ResponseError]) -> None:
+        """Send the first batches read for the claimed flushes, then whatever more is
+        stored for them, and release them."""
+        for (conn, kind), batch in zip(claimed, batches):
             try:
-                self._drain(conn, kind)
+                self._drain(conn, kind, batch)
             except redis.RedisError as exc:
                 log.warning("delivery to user=%s postponed, Redis failed: %s", conn.user, exc)
                 metrics.ERRORS.labels("redis").inc()
             finally:
                 conn.busy &= ~kind
 
-    def _drain(self, conn: Conn, kind: int) -> None:
+    def _drain(self, conn: Conn, kind: int, batch: Batch | redis.ResponseError | None) -> None:
         count = self.config.chat_batch_max
         while not conn.closed:
-            conn.dirty &= ~kind
-            cursor = conn.chat_cursor if kind == CHAT else conn.notif_cursor
-            entries, resent = self.store.read(_KIND_NAMES[kind], conn.user, cursor, count)
+            if batch is None:
+                conn.dirty &= ~kind
+                [batch] = self.store.read(self._reads([(conn, kind)]), count)
+            if isinstance(batch, redis.ResponseError):
+                raise batch
+            entries, resent = batch
+            batch = None
             metrics.resent(_KIND_NAMES[kind], resent)
             if entries:
                 if kind == CHAT:
@@ -233,7 +304,7 @@ class Delivery:
                          callback=partial(self._chats_acked, conn, ids))
         metrics.MESSAGES_OUT.labels("chat").inc(len(ids))
         conn.unacked_chats += 1
-        self._watch_acks(conn)
+        self._ack_watch.sent(conn)
 
     def _chats_acked(self, conn: Conn, ids: list[str], *args: Any) -> None:
         """The ack of a ``chat`` batch: the seed's count of messages taken from the batch,
@@ -244,14 +315,10 @@ class Delivery:
                         conn.user, args[:1])
             metrics.ERRORS.labels("bad_ack").inc()
             return
-        try:
-            self.store.remove("chat", conn.user, taken)
-            metrics.acked("chat", taken)
-        except redis.RedisError as exc:
-            log.warning("chat ack of user=%s not applied, Redis failed: %s", conn.user, exc)
-            metrics.ERRORS.labels("redis").inc()
+        if taken:
+            self._acks.add(("chat", conn.user, taken))
         conn.unacked_chats = max(0, conn.unacked_chats - 1)
-        self._stop_watch_if_acked(conn)
+        self._ack_watch.acked(conn)
 
     def _send_notifications(self, conn: Conn, entries: list[Entry]) -> None:
         for entry in entries:
@@ -260,62 +327,44 @@ class Delivery:
                              callback=partial(self._notification_acked, conn, entry.id))
         metrics.MESSAGES_OUT.labels("notification").inc(len(entries))
         conn.unacked_notifs += len(entries)
-        self._watch_acks(conn)
+        self._ack_watch.sent(conn)
 
     def _notification_acked(self, conn: Conn, msg_id: str, *args: Any) -> None:
-        try:
-            self.store.remove("notif", conn.user, [msg_id])
-            metrics.acked("notif", [msg_id])
-        except redis.RedisError as exc:
-            log.warning("notification ack of user=%s not applied: %s", conn.user, exc)
-            metrics.ERRORS.labels("redis").inc()
+        self._acks.add(("notif", conn.user, [msg_id]))
         conn.unacked_notifs = max(0, conn.unacked_notifs - 1)
-        self._stop_watch_if_acked(conn)
+        self._ack_watch.acked(conn)
 
-    def _watch_acks(self, conn: Conn) -> None:
-        if conn.ack_watch is None:
-            conn.ack_watch = gevent.spawn(self._ack_watch, conn)
-
-    def _stop_watch_if_acked(self, conn: Conn) -> None:
-        if conn.unacked_chats == 0 and conn.unacked_notifs == 0 and conn.ack_watch is not None:
-            conn.ack_watch.kill(block=False)
-            conn.ack_watch = None
-
-    def _ack_watch(self, conn: Conn) -> None:
-        """While deliveries of this socket wait for acks: resend everything unacked every
-        ``ACK_TIMEOUT``, and ask once for a mobile push when chats are still unacked after
-        ``PUSH_DELAY``, as the seed did, also after the socket has gone."""
-        now = time.monotonic()
-        resend_at, push_at = now + self.config.ack_timeout, now + self.config.push_delay
-        pushed = False
+    def _remove_acked(self, acks: list[tuple[str, str, list[str]]]) -> None:
+        """Remove what the last tick's acks took, one XDEL per stream, in one round trip."""
+        taken: dict[tuple[str, str], list[str]] = {}
+        for kind, user, ids in acks:
+            taken.setdefault((kind, user), []).extend(ids)
         try:
-            while conn.unacked_chats or conn.unacked_notifs:
-                wake = min(resend_at if not conn.closed else math.inf,
-                           push_at if not pushed and conn.unacked_chats else math.inf)
-                if wake == math.inf:
-                    return
-                gevent.sleep(max(0.0, wake - time.monotonic()))
-                now = time.monotonic()
-                if not pushed and conn.unacked_chats and now >= push_at:
-                    pushed = True
-                    self.push(conn.user)
-                if not conn.closed and now >= resend_at:
-                    resend_at = now + self.config.ack_timeout
-                    self._resend(conn)
-        finally:
-            if conn.ack_watch is gevent.getcurrent():
-                conn.ack_watch = None
+            self.store.remove([(kind, user, ids) for (kind, user), ids in taken.items()])
+        except redis.RedisError as exc:
+            log.warning("acks of %d users not applied, Redis failed: %s", len(taken), exc)
+            metrics.ERRORS.labels("redis").inc()
+            return
+        by_kind: dict[str, list[str]] = {}
+        for (kind, _), ids in taken.items():
+            by_kind.setdefault(kind, []).extend(ids)
+        for kind, ids in by_kind.items():
+            metrics.acked(kind, ids)
 
-    def _resend(self, conn: Conn) -> None:
-        """Send again all that is stored for the socket: the unacked deliveries, with the
-        ``mid``s they had, so that clients can drop what they already have."""
-        kinds = (CHAT if conn.unacked_chats else 0) | (NOTIF if conn.unacked_notifs else 0)
-        log.info("redelivering unacked user=%s kinds=%d", conn.user, kinds)
-        if kinds & CHAT:
-            conn.chat_cursor, conn.unacked_chats = None, 0
-        if kinds & NOTIF:
-            conn.notif_cursor, conn.unacked_notifs = None, 0
-        self.flush(conn, kinds)
+    def _resend(self, conns: list[Conn]) -> None:
+        """Send again all that is stored for these sockets: the unacked deliveries, with
+        the ``mid``s they had, so that clients can drop what they already have."""
+        by_kinds: dict[int, list[Conn]] = {}
+        for conn in conns:
+            kinds = (CHAT if conn.unacked_chats else 0) | (NOTIF if conn.unacked_notifs else 0)
+            log.info("redelivering unacked user=%s kinds=%d", conn.user, kinds)
+            if kinds & CHAT:
+                conn.chat_cursor, conn.unacked_chats = None, 0
+            if kinds & NOTIF:
+                conn.notif_cursor, conn.unacked_notifs = None, 0
+            by_kinds.setdefault(kinds, []).append(conn)
+        for kinds, group in by_kinds.items():
+            self.flush(group, kinds)
 
     def push(self, user: str) -> None:
         log.info("mobile push requested user=%s", user)

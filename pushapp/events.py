@@ -223,5 +223,5 @@ class Events:
         geo.setdefault("myAuraId", conn.user)
         self.store.publish(self.config.channel_geo,
                            payloads.dumps({"geo": geo, "time": int(time.time() * 1000)}))
-        self.delivery.flush(conn, CHAT | NOTIF)
+        self.delivery.flush([conn], CHAT | NOTIF)
         return 1

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import orjson
 import redis
 
+from .collector import Collector
 from .config import Config
 
 KINDS = ("chat", "notif")
@@ -43,11 +44,25 @@ local function append(stream, raw, maxlen, minid, ttl)
 end
 """
 
-# KEYS: online, nodes, stream. ARGV: raw, user, maxlen, minid, ttl_ms, now_ms, history channel.
-_STORE_CHAT = _LIVE_NODE + """
-local id = append(KEYS[3], ARGV[1], ARGV[3], ARGV[4], ARGV[5])
-redis.call('PUBLISH', ARGV[7], ARGV[1])
-return {id, live_node(ARGV[2], tonumber(ARGV[6]))}
+# KEYS: online, nodes, one stream per chat. ARGV: maxlen, minid, ttl_ms, now_ms, history
+# channel, then raw/user pairs. Returns a flat list: id, node (or false) per chat. Writes
+# nothing if any of the keys is not a stream.
+_STORE_CHATS = _LIVE_NODE + """
+for i = 3, #KEYS do
+  local kind = redis.call('TYPE', KEYS[i]).ok
+  if kind ~= 'stream' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. kind .. ', not a stream')
+  end
+end
+local out = {}
+local now = tonumber(ARGV[4])
+for i = 3, #KEYS do
+  local raw, user = ARGV[2 * i], ARGV[2 * i + 1]
+  out[#out + 1] = append(KEYS[i], raw, ARGV[1], ARGV[2], ARGV[3])
+  redis.call('PUBLISH', ARGV[5], raw)
+  out[#out + 1] = live_node(user, now)
+end
+return out
 """
 
 # KEYS: online, nodes, one stream per user (when stored). ARGV: raw, store?, maxlen, minid,
@@ -72,29 +87,69 @@ if live_node(ARGV[1], tonumber(ARGV[2])) then return redis.call('HGET', KEYS[1],
 return false
 """
 
-# KEYS: stream, sent marks. ARGV: start, count, kind, ttl_ms. Returns how many of the rows
-# were sent before (ids up to the mark), then the rows; moves the mark past them.
-_READ = """
+# Reading pending messages to send: the rows of a stream from ``start`` on, after how many
+# of them were sent before (ids up to the kind's mark in ``marks``); the mark moves past
+# them. A key that is not a stream answers -1 and no rows, and fails only its own read.
+_READ_FN = """
 local function before(a, b)
   local ams, aseq = string.match(a, '(%d+)-(%d+)')
   local bms, bseq = string.match(b, '(%d+)-(%d+)')
   ams, bms = tonumber(ams), tonumber(bms)
   return ams < bms or (ams == bms and tonumber(aseq) <= tonumber(bseq))
 end
-local rows = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
-if #rows == 0 then return {0, rows} end
-local mark = redis.call('HGET', KEYS[2], ARGV[3])
-local seen = 0
-if mark then
-  for _, row in ipairs(rows) do
-    if before(row[1], mark) then seen = seen + 1 else break end
+local function read(stream, marks, start, count, kind, ttl)
+  local rows = redis.pcall('XRANGE', stream, start, '+', 'COUNT', count)
+  if rows.err then return {-1, {}} end
+  if #rows == 0 then return {0, rows} end
+  local mark = redis.call('HGET', marks, kind)
+  local seen = 0
+  if mark then
+    for _, row in ipairs(rows) do
+      if before(row[1], mark) then seen = seen + 1 else break end
+    end
   end
+  if seen < #rows then
+    redis.call('HSET', marks, kind, rows[#rows][1])
+    redis.call('PEXPIRE', marks, ttl)
+  end
+  return {seen, rows}
 end
-if seen < #rows then
-  redis.call('HSET', KEYS[2], ARGV[3], rows[#rows][1])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+"""
+
+# KEYS: stream/marks pairs. ARGV: count, ttl_ms, start/kind pairs.
+_READ = _READ_FN + """
+local out = {}
+for i = 1, #KEYS / 2 do
+  out[i] = read(KEYS[2 * i - 1], KEYS[2 * i], ARGV[2 * i + 1], ARGV[1], ARGV[2 * i + 2], ARGV[2])
 end
-return {seen, rows}
+return out
+"""
+
+# Logins, each in one step. KEYS: online, then per login the streams to trim and the
+# stream/marks pairs to read. ARGV: login channel, count, ttl_ms, then per login: user,
+# presence, userinfo, trims, reads, a MINID per trimmed stream, start/kind per read. Per
+# login: binds the user, publishes the userinfo, drops what the client says it has seen,
+# and answers the presence it replaced and the first batches read.
+_LOGIN = _READ_FN + """
+local k, a, out = 2, 4, {}
+while a <= #ARGV do
+  local user, trims, reads = ARGV[a], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local old = redis.call('HGET', KEYS[1], user)
+  redis.call('HSET', KEYS[1], user, ARGV[a + 1])
+  redis.call('PUBLISH', ARGV[1], ARGV[a + 2])
+  a = a + 5
+  for _ = 1, trims do
+    redis.pcall('XTRIM', KEYS[k], 'MINID', ARGV[a])
+    k, a = k + 1, a + 1
+  end
+  local batches = {}
+  for i = 1, reads do
+    batches[i] = read(KEYS[k], KEYS[k + 1], ARGV[a], ARGV[2], ARGV[a + 1], ARGV[3])
+    k, a = k + 2, a + 2
+  end
+  out[#out + 1] = {old, batches}
+end
+return out
 """
 
 # KEYS: streams. ARGV: one key prefix per kind. Returns the entries of each kind's streams.
@@ -111,20 +166,16 @@ end
 return totals
 """
 
-# KEYS: online. ARGV: user, value. Returns the value it replaced.
-_BIND = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return old
-"""
-
-# KEYS: online. ARGV: user, sid. Unbinds only the socket that is still bound.
+# KEYS: online. ARGV: user/sid pairs. Unbinds each user whose socket is still that sid.
 _UNBIND = """
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v and cjson.decode(v)[2] == ARGV[2] then
-  return redis.call('HDEL', KEYS[1], ARGV[1])
+local gone = 0
+for i = 1, #ARGV, 2 do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v and cjson.decode(v)[2] == ARGV[i + 1] then
+    gone = gone + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
 end
-return 0
+return gone
 """
 
 # KEYS: lease. ARGV: node, ttl_ms. Renews the lease this node holds or takes a free one.
@@ -172,6 +223,18 @@ class Batch(NamedTuple):
     resent: int
 
 
+# What to read for one socket: kind, user, and the last id sent (None: from the start).
+Read = tuple[str, str, str | None]
+
+
+class _Login(NamedTuple):
+    user: str
+    presence: Presence
+    userinfo: bytes
+    seen: dict[str, str]
+    reads: Sequence[Read]
+
+
 class Presence(NamedTuple):
     node: str
     sid: str
@@ -202,6 +265,24 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _placements(flat: list) -> list[Placement]:
+    return [Placement(i and _text(i), n and _text(n)) for i, n in zip(flat[::2], flat[1::2])]
+
+
+def _batch(reply: list) -> Batch | redis.ResponseError:
+    resent, rows = reply
+    if resent < 0:
+        return redis.ResponseError("WRONGTYPE a stored message stream holds another type")
+    return Batch([Entry(_text(msg_id), fields[fields.index(b"m") + 1])
+                  for msg_id, fields in rows], resent)
+
+
+def _next_id(msg_id: str) -> str:
+    """The smallest stream id after ``msg_id``: MINID of a trim that removes it too."""
+    ms, seq = msg_id.split("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
 class Store:
     """Redis operations of the gateway; none reads a value to write it back from Python."""
 
@@ -211,15 +292,17 @@ class Store:
         self.online_key = config.key("online")
         self.nodes_key = config.key("nodes")
         self.lease_key = config.key("ingest-lease")
-        self._store_chat = client.register_script(_STORE_CHAT)
+        self._store_chats = client.register_script(_STORE_CHATS)
         self._store_notification = client.register_script(_STORE_NOTIFICATION)
         self._presence = client.register_script(_PRESENCE)
         self._read = client.register_script(_READ)
         self._count_streams = client.register_script(_COUNT_STREAMS)
-        self._bind = client.register_script(_BIND)
+        self._login = client.register_script(_LOGIN)
         self._unbind = client.register_script(_UNBIND)
         self._hold_lease = client.register_script(_HOLD_LEASE)
         self._drop_lease = client.register_script(_DROP_LEASE)
+        self._publishes: Collector[tuple[str, bytes | str], None] = Collector(self._publish_all)
+        self._logins = Collector(self._login_all, limit=200)
 
     def stream_key(self, kind: str, user: str) -> str:
         return self.config.key(kind, user)
@@ -229,15 +312,16 @@ class Store:
         max_age_ms = self.config.store_max_age * 1000
         return self.config.store_max_entries, f"{now_ms - max_age_ms}-0", max_age_ms, now_ms
 
-    def store_chat(self, user: str, raw: bytes) -> Placement:
-        """Store a chat for ``user``, publish it to the archive channel, and say where the
-        user is, in one step."""
+    def store_chats(self, chats: Sequence[tuple[str, bytes]]) -> list[Placement]:
+        """Store each (user, chat) in order, publish it to the archive channel, and say
+        where its user is, all in one step."""
         maxlen, minid, ttl, now = self._limits()
-        msg_id, node = self._store_chat(
-            keys=[self.online_key, self.nodes_key, self.stream_key("chat", user)],
-            args=[raw, user, maxlen, minid, ttl, now, self.config.channel_chat_history],
-        )
-        return Placement(_text(msg_id), node and _text(node))
+        flat = self._store_chats(
+            keys=[self.online_key, self.nodes_key,
+                  *(self.stream_key("chat", user) for user, _ in chats)],
+            args=[maxlen, minid, ttl, now, self.config.channel_chat_history,
+                  *(part for user, raw in chats for part in (raw, user))])
+        return _placements(flat)
 
     def store_notification(self, users: Sequence[str], raw: bytes, store: bool) -> list[Placement]:
         """Store a notification for each user (if ``store``) and say where each user is."""
@@ -247,24 +331,50 @@ class Store:
             keys=[self.online_key, self.nodes_key, *streams],
             args=[raw, "1" if store else "0", maxlen, minid, ttl, now, *users],
         )
-        return [Placement(i and _text(i), n and _text(n)) for i, n in zip(flat[::2], flat[1::2])]
+        return _placements(flat)
 
-    def read(self, kind: str, user: str, after: str | None, count: int) -> Batch:
-        """Pending messages of ``user``, oldest first, after id ``after`` (exclusive), to be
-        sent now: also says how many of them were sent before."""
-        start = "(" + after if after else "-"
-        resent, rows = self._read(
-            keys=[self.stream_key(kind, user), self.config.key("sent", user)],
-            args=[start, count, kind, self.config.store_max_age * 1000])
-        return Batch([Entry(_text(msg_id), dict(zip(fields[::2], fields[1::2]))[b"m"])
-                      for msg_id, fields in rows], resent)
+    def read(self, reads: Sequence[Read], count: int) -> list[Batch | redis.ResponseError]:
+        """Pending messages of each (kind, user) after id ``after`` (exclusive; None: all),
+        oldest first, at most ``count`` each, to be sent now: one round trip for all. A
+        stream that cannot be read answers its error, and fails only its own read."""
+        keys, args = self._reads(reads)
+        return [_batch(reply) for reply in self._read(keys=keys, args=[count, self._ttl_ms(),
+                                                                       *args])]
 
-    def remove_through(self, kind: str, user: str, msg_id: str) -> int:
-        """Remove every message up to and including ``msg_id``: one command, so messages
-        stored meanwhile, which have later ids, stay."""
-        ms, seq = msg_id.split("-")
-        return self.redis.xtrim(self.stream_key(kind, user), minid=f"{ms}-{int(seq) + 1}",
-                                approximate=False)
+    def login(self, user: str, presence: Presence, userinfo: bytes, seen: dict[str, str],
+              reads: Sequence[Read]) -> tuple[Presence | None,
+                                              list[Batch | redis.ResponseError]]:
+        """Make ``presence`` the user's socket, publish ``userinfo`` on the login channel,
+        remove what the client has seen (kind -> last id it has; later ones stay) and read
+        the first batches of ``reads``, in one step, with the logins asked for meanwhile:
+        a login storm takes one round trip per batch of logins, not one per login.
+        Returns the presence it replaced."""
+        return self._logins.call(_Login(user, presence, userinfo, seen, reads))
+
+    def _login_all(self, logins: list[_Login]
+                   ) -> list[tuple[Presence | None, list[Batch | redis.ResponseError]]]:
+        keys, args = [self.online_key], [self.config.channel_login,
+                                         self.config.chat_batch_max, self._ttl_ms()]
+        for login in logins:
+            read_keys, read_args = self._reads(login.reads)
+            keys += [self.stream_key(kind, login.user) for kind in login.seen]
+            keys += read_keys
+            args += [login.user, login.presence.encode(), login.userinfo, len(login.seen),
+                     len(login.reads)]
+            args += [_next_id(mid) for mid in login.seen.values()]
+            args += read_args
+        return [(Presence.decode(old), [_batch(reply) for reply in replies])
+                for old, replies in self._login(keys=keys, args=args)]
+
+    def _reads(self, reads: Sequence[Read]) -> tuple[list[str], list[str]]:
+        keys, args = [], []
+        for kind, user, after in reads:
+            keys += (self.stream_key(kind, user), self.config.key("sent", user))
+            args += ("(" + after if after else "-", kind)
+        return keys, args
+
+    def _ttl_ms(self) -> int:
+        return self.config.store_max_age * 1000
 
     def pending_counts(self, user: str) -> dict[str, int]:
         """Stored messages of each kind waiting for ``user``."""
@@ -295,18 +405,19 @@ class Store:
                 totals[kind] += count
         return totals
 
-    def remove(self, kind: str, user: str, ids: Iterable[str]) -> int:
-        """Remove exactly these messages; others, stored meanwhile, stay."""
-        ids = list(ids)
-        return self.redis.xdel(self.stream_key(kind, user), *ids) if ids else 0
+    def remove(self, acks: Iterable[tuple[str, str, Sequence[str]]]) -> None:
+        """Remove exactly these messages (kind, user, ids); others, stored meanwhile, stay.
+        One XDEL per stream, all in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for kind, user, ids in acks:
+                pipe.xdel(self.stream_key(kind, user), *ids)
+            pipe.execute()
 
-    def bind(self, user: str, presence: Presence) -> Presence | None:
-        """Make ``presence`` the user's socket; returns the one it replaced."""
-        return Presence.decode(self._bind(keys=[self.online_key], args=[user, presence.encode()]))
-
-    def unbind(self, user: str, sid: str) -> bool:
-        """Forget the user's socket, unless another socket has replaced ``sid`` already."""
-        return bool(self._unbind(keys=[self.online_key], args=[user, sid]))
+    def unbind(self, sockets: Sequence[tuple[str, str]]) -> int:
+        """Forget each (user, sid), unless another socket has replaced that sid already.
+        Returns how many users went offline."""
+        return self._unbind(keys=[self.online_key],
+                            args=[part for pair in sockets for part in pair])
 
     def presence(self, user: str) -> Presence | None:
         """The user's socket, if their node's heartbeat is fresh."""
@@ -332,4 +443,13 @@ class Store:
         return bool(self._drop_lease(keys=[self.lease_key], args=[holder]))
 
     def publish(self, channel: str, data: bytes | str) -> None:
-        self.redis.publish(channel, data)
+        """Publish ``data``, in one round trip with the others asked for meanwhile (a chat
+        flood sends thousands a second); returns once it is published, in the order asked,
+        and raises the RedisError a PUBLISH of its own would have."""
+        self._publishes.add((channel, data)).get()
+
+    def _publish_all(self, messages: list[tuple[str, bytes | str]]) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for channel, data in messages:
+                pipe.publish(channel, data)
+            pipe.execute()

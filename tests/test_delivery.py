@@ -83,27 +83,33 @@ def test_unacked_notifications_are_resent(eager):
     raw.close()
 
 
-def test_resends_ask_for_one_mobile_push_per_pending_period(eager):
+@pytest.fixture
+def unacked_chat(eager):
+    """A user of the eager gateway, logged in on a raw socket that a chat was just sent to
+    and that will not ack it, and a subscriber to the mobile push channel."""
     user = uid()
     pushes = Subscriber(eager.redis_server.url, "chat_message_channel")
     raw = _login(eager, user)
-    try:
-        eager.publish("snschat", {"from": "a", "to": user, "n": 1})
-        resends = 0
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                raw.expect("chat", timeout=deadline - time.monotonic())
-                resends += 1
-            except AssertionError:
-                break
-        assert resends >= 3, "the batch should have been resent every second"
+    eager.publish("snschat", {"from": "a", "to": user, "n": 1})
+    yield user, raw, pushes
+    pushes.close()
+    raw.close()
+
+
+def test_resends_ask_for_one_mobile_push_per_pending_period(unacked_chat):
+    user, raw, pushes = unacked_chat
+    resends = 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            raw.expect("chat", timeout=deadline - time.monotonic())
+            resends += 1
+        except AssertionError:
+            break
+    assert resends >= 3, "the batch should have been resent every second"
+    pushes.expect("chat_message_channel", lambda m: m["toWho"] == user, timeout=1)
+    with pytest.raises(AssertionError):
         pushes.expect("chat_message_channel", lambda m: m["toWho"] == user, timeout=1)
-        with pytest.raises(AssertionError):
-            pushes.expect("chat_message_channel", lambda m: m["toWho"] == user, timeout=1)
-    finally:
-        pushes.close()
-        raw.close()
 
 
 def test_login_with_last_mids_gets_only_what_came_after(gateway, user):
@@ -149,3 +155,28 @@ def test_the_inbox_stream_is_a_durable_way_in(gateway, user):
     wait_for(lambda: gateway.redis.xlen(inbox) == 0, what="every entry to be acknowledged")
     assert "inbox: skipped entry" in gateway.log_text()
     raw.close()
+
+
+def test_a_socket_gone_with_unacked_chats_still_asks_for_its_push(unacked_chat):
+    user, raw, pushes = unacked_chat
+    _chat_batch(raw)
+    sent = time.monotonic()
+    raw.drop()
+    pushes.expect("chat_message_channel", lambda m: m["toWho"] == user, timeout=5)
+    assert time.monotonic() - sent >= 2, "pushed before the push delay (2.5 s) ran out"
+
+
+def test_every_waiting_socket_gets_its_resend(eager):
+    users = [uid() for _ in range(30)]
+    clients = [_login(eager, user) for user in users]
+    try:
+        eager.publish("notification", {"toWho": users, "needStore": True, "n": 1})
+        firsts = [raw.expect("notification")[0] for raw in clients]
+        for raw, first in zip(clients, firsts):
+            again, ack_id = raw.expect("notification", timeout=3)
+            assert again == first
+            raw.ack(ack_id)
+        wait_for(lambda: not any(eager.pending("notif", user) for user in users))
+    finally:
+        for raw in clients:
+            raw.close()
