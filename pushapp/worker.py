@@ -21,6 +21,7 @@ from typing import Any, Callable
 import gevent
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
+from geventwebsocket.websocket import WebSocket
 
 from .config import Config
 
@@ -37,6 +38,20 @@ def _bounded(read: Callable[[int], bytes], limit: int) -> Callable[[int], bytes]
 _READ_BUFFER = 1024
 
 
+class _NoApp:
+    def on_close(self, *args: Any) -> None:
+        pass
+
+
+class QuietWebSocket(WebSocket):
+    """gevent-websocket's ``WebSocket``, without a class made per closed socket: its
+    ``current_app`` defines a new class on every call to report a close to nobody, and a
+    mass disconnect made that call once per socket."""
+
+    __slots__ = ()
+    current_app = _NoApp()
+
+
 class BoundedWebSocketHandler(WebSocketHandler):
     max_frame_bytes = Config.from_env().max_frame_bytes
 
@@ -48,6 +63,7 @@ class BoundedWebSocketHandler(WebSocketHandler):
         result = super().upgrade_connection()
         websocket = getattr(self, "websocket", None)
         if websocket is not None:
+            websocket.__class__ = QuietWebSocket
             websocket.raw_read = _bounded(websocket.raw_read, self.max_frame_bytes)
         return result
 
