@@ -50,14 +50,10 @@ def _raise_open_files_limit() -> None:
 
 _raise_open_files_limit()
 
-# Files a worker needs besides its clients' sockets: its Redis pool, the pub/sub
-# connection, the listening socket, logs, the event loop, metrics files.
-_RESERVED_FILES = _config.redis_max_connections + 64
 _OPEN_FILES = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-# gunicorn's default of 1000 would cap a worker at 1000 sockets, /monitor included. Past
-# the open-files limit less what the worker needs for itself, a client's socket would take
-# the descriptor of a Redis connection and fail everyone else: there, accepting waits.
-worker_connections = max(1, min(_config.worker_connections, _OPEN_FILES - _RESERVED_FILES))
+# gunicorn's default of 1000 would cap a worker at 1000 requests in progress, /monitor
+# included. The worker refuses websockets past the same number (pushapp.transport).
+worker_connections = _config.socket_capacity(_OPEN_FILES)
 
 
 def _metrics_dir() -> None:
@@ -110,7 +106,7 @@ def post_worker_init(worker):
         worker.log.warning("open files limit %d: this worker holds at most %d sockets, not "
                            "WORKER_CONNECTIONS=%d (%d files kept for Redis and itself)",
                            _OPEN_FILES, worker_connections, _config.worker_connections,
-                           _RESERVED_FILES)
+                           _config.reserved_files)
 
 
 def worker_exit(server, worker):

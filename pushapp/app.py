@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import resource
 
 import gevent
 from flask import Flask
@@ -68,7 +69,9 @@ def create_app(config: Config | None = None) -> Flask:
         engineio_logger=False,
     )
     GatewayServer.adopt(socketio.server)
-    LeanEngineServer.adopt(socketio.server.eio, config.send_backlog_max_bytes)
+    LeanEngineServer.adopt(
+        socketio.server.eio, socketio.server.environ, config.send_backlog_max_bytes,
+        config.socket_capacity(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
 
     store = Store(config, connect(config))
     delivery = Delivery(config, store, socketio.server, node_name())

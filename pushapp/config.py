@@ -136,6 +136,17 @@ class Config:
         if self.max_frame_bytes < self.max_event_bytes:
             raise ConfigError("MAX_FRAME_BYTES must not be below MAX_EVENT_BYTES")
 
+    @property
+    def reserved_files(self) -> int:
+        """Files a worker needs besides its clients' sockets: its Redis pool, the listening
+        socket, logs, the event loop, metrics files, connections being set up."""
+        return self.redis_max_connections + 64
+
+    def socket_capacity(self, open_files: int) -> int:
+        """Client sockets one worker holds: ``WORKER_CONNECTIONS``, but never so many that
+        a client's socket would take the descriptor a Redis connection needs."""
+        return max(1, min(self.worker_connections, open_files - self.reserved_files))
+
     def key(self, *parts: str) -> str:
         """A Redis key (or internal channel) under ``key_prefix``."""
         return self.key_prefix + ":".join(parts)

@@ -1,38 +1,56 @@
-"""Engine.IO's websocket transport, without a writer greenlet or a ping greenlet per socket.
+"""Engine.IO's websocket transport, with no greenlet for an idle connection.
 
-python-engineio gives each websocket three greenlets: the request's, which reads; a writer
-that waits on a queue; and one that sleeps until the next ping. A parked greenlet keeps
-its saved C stack and its own chunk of Python frame stack, and the queue its locks: about
-half of what a connection cost. Here the request's greenlet is the only one:
+python-engineio gives each websocket three greenlets: the HTTP request's, which reads; a
+writer that waits on a queue; and one that sleeps until the next ping. A parked greenlet
+keeps its saved C stack and its own chunk of Python frame stack, and the request's also
+keeps the whole HTTP request (environ, headers, buffers): most of what a connection cost.
+Here, once the websocket handshake is done, the connection leaves the HTTP server:
 
+- reading is a callback of the event loop on the socket (a duplicate of the request's
+  descriptor, which the HTTP server then closes): it parses the frames and hands
+  complete messages to a greenlet that exists while, and only while, the connection has
+  messages to handle, one at a time and in order. While it is behind, reading pauses;
 - a send writes the frame at once, without blocking. What the kernel does not take (a
-  client that reads slowly) waits in a backlog that a greenlet drains while, and only
-  while, there is one; a client whose backlog passes ``SEND_BACKLOG_MAX_BYTES`` is cut off,
-  so that no client can make the worker hold an unbounded amount for it;
+  client that reads slowly) waits in a backlog that a greenlet drains while there is
+  one; a client behind by more than ``SEND_BACKLOG_MAX_BYTES`` is cut off, so that no
+  client can make the worker hold an unbounded amount for it;
 - pings come from one greenlet per worker. The ping interval is the same for every
   socket, so the sockets waiting for their next ping form a queue already in due order.
 
-Long-polling sockets, and sockets that the worker itself speaks TLS on (gevent's SSL
-sockets cannot write without blocking), keep python-engineio's way.
+Long-polling sockets, and websockets that the worker itself speaks TLS on, keep
+python-engineio's way.
 """
 from __future__ import annotations
 
 import collections
 import logging
-import socket as stdlib_socket
+import os
 import time
 from typing import Any
 
-import engineio
 import gevent
 import gevent.ssl
 from engineio import exceptions, packet
+from engineio import server as engineio_server
 from engineio import socket as engineio_socket
-from geventwebsocket.websocket import Header, WebSocket
+from gevent.monkey import get_original
+from gevent.socket import wait_write
+
+from .frames import (BINARY, CLOSE, NORMAL_CLOSURE, PING, PONG, TEXT, TRY_AGAIN_LATER,
+                     FrameError, FrameReader, close_frame, frame)
 
 log = logging.getLogger(__name__)
 
-_TEXT, _BINARY = WebSocket.OPCODE_TEXT, WebSocket.OPCODE_BINARY
+_PlainSocket = get_original("socket", "socket")
+_READ_SIZE = 65536
+# Messages a connection may have waiting to be handled before reading it pauses.
+_INBOX_PAUSE = 64
+# Seconds a closed connection waits for the client to close its side after the goodbye.
+_CLOSE_WAIT = 5.0
+# What python-socketio keeps of the request's environ once the websocket is taken over;
+# the rest (the request's input, the handshake's websocket, and through them the HTTP
+# handler and its descriptor) is let go when the request ends.
+_KEPT_ENVIRON = ("REMOTE_ADDR", "REMOTE_PORT", "HTTP_USER_AGENT", "HTTP_X_FORWARDED_FOR")
 
 
 class _Written:
@@ -50,24 +68,28 @@ _WRITTEN = _Written()
 
 
 class LeanSocket(engineio_socket.Socket):
-    """An Engine.IO socket that writes its websocket frames itself. The attributes below
-    are class defaults, so a socket that never needs them holds nothing for them."""
+    """An Engine.IO socket whose websocket is read by the event loop and written directly.
+    The attributes below are class defaults, so a socket that never needs one (most
+    never have a backlog, say) holds nothing for it."""
 
     _sock: Any = None
-    _websocket: WebSocket | None = None
+    _reader: Any = None
+    _frames: FrameReader | None = None
+    _inbox: collections.deque | None = None
+    _handling = False
+    _peer_gone = False
+    _silent = False
     _backlog: list[bytes] | None = None
     _backlog_bytes = 0
+    _drainer: gevent.Greenlet | None = None
 
     def send(self, pkt: packet.Packet) -> None:
-        if self._sock is None:
+        if self._frames is None:
             return super().send(pkt)
-        if not self.check_ping_timeout():
-            return
-        data = pkt.encode()
-        opcode = _BINARY
-        if isinstance(data, str):
-            data, opcode = data.encode(), _TEXT
-        self._write(Header.encode_header(True, opcode, b"", len(data), 0) + data)
+        if self.check_ping_timeout():
+            data = pkt.encode()
+            self._write(frame(TEXT, data.encode()) if isinstance(data, str)
+                        else frame(BINARY, data))
 
     def schedule_ping(self) -> None:
         if self.last_ping:
@@ -81,40 +103,62 @@ class LeanSocket(engineio_socket.Socket):
             self.send(packet.Packet(packet.PING))
 
     def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        opened = not (self.closed or self.closing)
         super().close(wait=wait, abort=abort, reason=reason)
-        if self._websocket is not None and not self._websocket.closed:
-            self._websocket.close()
+        if not opened or self._sock is None:
+            return
+        self.server.sockets.pop(self.sid, None)
+        if self._peer_gone:
+            gevent.spawn(self._release)
+        else:
+            self._write(close_frame(NORMAL_CLOSURE))
+            gevent.spawn_later(_CLOSE_WAIT, self._release)
 
     def _websocket_handler(self, ws: Any) -> list:
         """``ws`` is python-engineio's wrapper around gevent-websocket's ``WebSocket``."""
         websocket = ws.environ["wsgi.websocket"]
-        sock = websocket.handler.socket
-        if isinstance(sock, gevent.ssl.SSLSocket):
+        handler = websocket.handler
+        if isinstance(handler.socket, gevent.ssl.SSLSocket):
             return super()._websocket_handler(ws)
         if self.connected:
             if not self._upgrade(ws):
                 return []
         else:
             self.connected = self.upgraded = True
-        self._take_over(websocket, sock)
         try:
-            self._read(ws, sock)
-        finally:
-            self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
-            self._sock = self._backlog = self._websocket = None
+            sock = _PlainSocket(fileno=os.dup(handler.socket.fileno()))
+        except OSError as exc:
+            log.warning("%s: cannot take the connection over (%s); closing it", self.sid, exc)
+            self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR)
+            return []
+        sock.setblocking(False)
+        # What the request's reader already buffered belongs to the websocket.
+        handler.socket.settimeout(0.0)
+        try:
+            early = handler.rfile.read1(_READ_SIZE)
+        except OSError:
+            early = b""  # the client has gone already: reading will see it
+        # The HTTP server must neither write a close frame nor read from the connection
+        # once this returns; it closes its own descriptor, the duplicate stays open.
+        websocket.closed = True
+        handler.socket = None
+        if self.sid in self.server.environs:
+            self.server.environs[self.sid] = {
+                key: ws.environ[key] for key in _KEPT_ENVIRON if key in ws.environ}
+        self._detach(sock, early)
         return []
 
     def _upgrade(self, ws: Any) -> bool:
         """A long-polling socket moving to this websocket: probe, then upgrade."""
         self.upgrading = True
         try:
-            probe = packet.Packet(encoded_packet=self._receive(ws))
+            probe = packet.Packet(encoded_packet=ws.wait())
             if probe.packet_type != packet.PING or probe.data != "probe":
                 self.server.logger.info("%s: failed websocket upgrade, no probe", self.sid)
                 return False
             ws.send(packet.Packet(packet.PONG, data="probe").encode())
             self.queue.put(packet.Packet(packet.NOOP))  # ends the pending long poll
-            if packet.Packet(encoded_packet=self._receive(ws)).packet_type != packet.UPGRADE:
+            if packet.Packet(encoded_packet=ws.wait()).packet_type != packet.UPGRADE:
                 self.server.logger.info("%s: failed websocket upgrade, no upgrade packet",
                                         self.sid)
                 return False
@@ -123,98 +167,161 @@ class LeanSocket(engineio_socket.Socket):
         finally:
             self.upgrading = False
 
-    def _take_over(self, websocket: WebSocket, sock: Any) -> None:
-        """Write directly from now on: first what was queued before the websocket was
-        there (the OPEN packet, say), then let the queue go."""
-        websocket.raw_write = self._write  # gevent-websocket's own frames (pong, close) too
-        self._websocket, self._sock = websocket, sock
+    def _detach(self, sock: Any, early: bytes) -> None:
+        """Read through the event loop and write directly from now on: first what was
+        queued before the websocket was there (the OPEN packet, say), then let the queue
+        go."""
+        self._sock, self._frames = sock, FrameReader(self.server.max_http_buffer_size)
         queued, self.queue = self.queue, _WRITTEN
         while not queued.empty():
             pkt = queued.get_nowait()
             if pkt is not None:
                 self.send(pkt)
+        self._reader = gevent.get_hub().loop.io(sock.fileno(), 1)
+        self._reader.start(self._readable)
+        if early:
+            self._received(early)
 
-    def _receive(self, ws: Any) -> Any:
-        data = ws.wait()
-        if data and len(data) > self.server.max_http_buffer_size:
-            raise ValueError("packet is too large")
-        return data
+    def _readable(self) -> None:
+        """The event loop's callback: never blocks, never raises."""
+        try:
+            data = self._sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._peer_ends()
+        elif not self.closed:  # after the goodbye, only the client's end matters
+            self._received(data)
 
-    def _read(self, ws: Any, sock: Any) -> None:
-        sock.settimeout(self.server.ping_interval + self.server.ping_timeout)
-        while True:
-            try:
-                data = self._receive(ws)
-            except Exception as exc:
-                if not self.closed:
-                    self.server.logger.info("%s: websocket read failed: %s", self.sid, exc)
+    def _received(self, data: bytes) -> None:
+        try:
+            messages = self._frames.feed(data)
+        except FrameError as exc:
+            log.info("%s: websocket closed: %s", self.sid, exc)
+            self._write(close_frame(exc.code, str(exc)))
+            self._peer_ends()
+            return
+        for opcode, payload in messages:
+            if opcode == PING:
+                self._write(frame(PONG, payload))
+            elif opcode == CLOSE:
+                self._write(frame(CLOSE, payload[:2]))  # the client's code, echoed
+                self._peer_ends()
                 return
-            if data is None:
-                return
-            try:
-                self.receive(packet.Packet(encoded_packet=data))
-            except exceptions.UnknownPacketError:
-                pass
-            except exceptions.SocketIsClosedError:
-                return
-            except Exception:
-                log.exception("%s: could not handle a packet", self.sid)
-                return
+            elif opcode != PONG:
+                self._handle(payload)
+
+    def _peer_ends(self) -> None:
+        """The client closed, broke the protocol or is cut off: stop reading; close the
+        Engine.IO socket after whatever came before, in order."""
+        self._peer_gone = True
+        if self._reader is not None:
+            self._reader.stop()
+        if self.closed:
+            gevent.spawn(self._release)
+        else:
+            self._handle(None)
+
+    def _handle(self, data: Any) -> None:
+        """Queue a message (None: the end) for this connection's handling greenlet."""
+        if self._inbox is None:
+            self._inbox = collections.deque()
+        self._inbox.append(data)
+        if len(self._inbox) >= _INBOX_PAUSE and self._reader is not None:
+            self._reader.stop()
+        if not self._handling:
+            self._handling = True
+            gevent.spawn(self._handle_inbox)
+
+    def _handle_inbox(self) -> None:
+        try:
+            while self._inbox:
+                data = self._inbox.popleft()
+                if data is None:
+                    self.close(wait=False, abort=True,
+                               reason=self.server.reason.TRANSPORT_CLOSE)
+                    return
+                try:
+                    self.receive(packet.Packet(encoded_packet=data))
+                except exceptions.UnknownPacketError:
+                    pass
+                except exceptions.SocketIsClosedError:
+                    return
+                except Exception:
+                    log.exception("%s: could not handle a packet; closing", self.sid)
+                    self._peer_gone = True
+                    self.close(wait=False, abort=True,
+                               reason=self.server.reason.TRANSPORT_ERROR)
+                    return
+                if (self._reader is not None and not self._reader.active
+                        and not self._peer_gone and len(self._inbox) < _INBOX_PAUSE // 2):
+                    self._reader.start(self._readable)
+        finally:
+            self._handling = False
+            if not self._inbox:
+                self._inbox = None
 
     def _write(self, data: bytes) -> None:
         """Write without waiting; keep what the kernel did not take for the drainer."""
-        if self._sock is None:
+        sock = self._sock
+        if sock is None or self._silent:
             return
         if self._backlog is not None:
             self._queue(data)
             return
         try:
-            sent = self._sock.send(data, 0, timeout=0.0)
+            sent = sock.send(data)
         except BlockingIOError:
             sent = 0
         except OSError:
-            return  # the peer is gone: the reading greenlet sees it and closes
+            return  # the client is gone: reading sees it
         if sent < len(data):
-            self._backlog, self._backlog_bytes = [], 0
-            self._queue(data[sent:])
-            gevent.spawn(self._drain)
+            self._backlog, self._backlog_bytes = [data[sent:]], len(data) - sent
+            self._drainer = gevent.spawn(self._drain)
 
     def _queue(self, data: bytes) -> None:
         """Add to the backlog; a client already behind by more than the limit is cut off
         (the newest frame alone, however large, is always let through)."""
-        if self._backlog and self._backlog_bytes + len(data) > self.server.send_backlog_max:
+        if self._backlog_bytes + len(data) > self.server.send_backlog_max:
             log.warning("%s: client reads too slowly, %d bytes waiting; disconnecting",
                         self.sid, self._backlog_bytes + len(data))
+            self._silent = True  # nothing more is written
             self._backlog.clear()
-            self._cut()
+            self._peer_ends()
             return
         self._backlog.append(data)
         self._backlog_bytes += len(data)
 
     def _drain(self) -> None:
-        """Write the backlog with blocking sends. The only greenlet that waits to write on
-        this socket, so sends never contend."""
+        """Write the backlog, waiting for the socket to take it: the only greenlet that
+        waits to write on this connection."""
         sock = self._sock
         try:
-            while self._backlog and self._sock is sock:
-                chunk = b"".join(self._backlog)
+            while self._backlog:
+                view = memoryview(b"".join(self._backlog))
                 self._backlog.clear()
-                self._backlog_bytes = 0
-                sock.sendall(chunk)
+                while view:
+                    wait_write(sock.fileno())
+                    sent = sock.send(view)
+                    self._backlog_bytes -= sent
+                    view = view[sent:]
         except OSError:
             pass
         finally:
-            self._backlog = None
-            self._backlog_bytes = 0
+            self._backlog, self._backlog_bytes, self._drainer = None, 0, None
 
-    def _cut(self) -> None:
-        """End the connection now: the reading greenlet wakes up and closes the socket;
-        until then, nothing more is written."""
+    def _release(self) -> None:
+        """Close the connection for good (once; the drainer stopped first)."""
         sock, self._sock = self._sock, None
-        try:
-            sock.shutdown(stdlib_socket.SHUT_RDWR)
-        except OSError:
-            pass
+        if sock is None:
+            return
+        if self._drainer is not None:
+            self._drainer.kill()
+        self._reader.stop()
+        self._reader = self._frames = self._inbox = None
+        sock.close()
 
 
 class Pinger:
@@ -247,22 +354,47 @@ class Pinger:
             gevent.sleep(self.due[0][0] - now if self.due else self.interval)
 
 
-class LeanEngineServer(engineio.Server):
-    """python-engineio's server making :class:`LeanSocket` sockets."""
+class LeanEngineServer(engineio_server.Server):
+    """python-engineio's server making :class:`LeanSocket` sockets, at most
+    ``max_sockets`` at a time. ``environs`` is python-socketio's environ per Engine.IO
+    sid."""
 
     pinger: Pinger
     send_backlog_max: int
+    max_sockets: int
+    environs: dict[str, dict]
 
     @classmethod
-    def adopt(cls, server: engineio.Server, send_backlog_max: int) -> None:
+    def adopt(cls, server: engineio_server.Server, environs: dict[str, dict],
+              send_backlog_max: int, max_sockets: int) -> None:
         """Turn the server python-socketio built into this class (it offers no way to pass
         one)."""
         server.__class__ = cls
         server.pinger = Pinger(server.ping_interval)
+        server.environs = environs
         server.send_backlog_max = send_backlog_max
+        server.max_sockets = max_sockets
+        connect = server.handlers["connect"]
 
-    def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
-        # A new socket's first event; it has sent nothing yet and has no ping scheduled.
-        if event == "connect":
-            self.sockets[args[0]].__class__ = LeanSocket
-        return super()._trigger_event(event, *args, **kwargs)
+        def lean_connect(sid: str, environ: dict, *args: Any) -> Any:
+            # The new socket's first event: it has sent nothing, no ping is scheduled.
+            if len(server.sockets) > server.max_sockets:
+                return server._full(environ)
+            server.sockets[sid].__class__ = LeanSocket
+            return connect(sid, environ, *args)
+
+        server.on("connect", lean_connect)
+
+    def _full(self, environ: dict) -> str:
+        """Turn a new client away: a long poll gets the reason in a 401, a websocket (whose
+        handshake is already done) the close code 1013, try again later."""
+        log.warning("refused a connection: this worker holds its maximum of %d sockets",
+                    self.max_sockets)
+        websocket = environ.get("wsgi.websocket")
+        if websocket is not None:
+            try:
+                websocket.raw_write(close_frame(TRY_AGAIN_LATER, "this worker is full"))
+            except OSError:
+                pass
+            websocket.closed = True
+        return "this worker is full; try again later"

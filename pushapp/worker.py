@@ -6,9 +6,9 @@ size, so one client announcing a 4 GB frame would make the worker try to buffer 
 handler refuses to read any frame larger than ``MAX_FRAME_BYTES``: the connection is
 closed instead.
 
-Each connection's buffered reader is 1 KiB instead of Python's default 8 KiB: a handler
-lives as long as its websocket, and its read buffer was the largest single thing it held.
-Frames are mostly small, and a larger read goes straight to the socket.
+Once a websocket is set up, pushapp.transport takes the connection over and the handler
+ends: the bound applies to the frames read while a long-polling client upgrades, and
+pushapp.frames bounds the rest.
 
 On SIGTERM gunicorn waits ``graceful_timeout`` for open requests, and a websocket never
 ends by itself: the worker disconnects its clients at once, so that they reconnect to a
@@ -35,9 +35,6 @@ def _bounded(read: Callable[[int], bytes], limit: int) -> Callable[[int], bytes]
     return read_frame_payload
 
 
-_READ_BUFFER = 1024
-
-
 class _NoApp:
     def on_close(self, *args: Any) -> None:
         pass
@@ -54,10 +51,6 @@ class QuietWebSocket(WebSocket):
 
 class BoundedWebSocketHandler(WebSocketHandler):
     max_frame_bytes = Config.from_env().max_frame_bytes
-
-    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
-        super().__init__(sock, address, server,
-                         rfile if rfile is not None else sock.makefile("rb", _READ_BUFFER))
 
     def upgrade_connection(self) -> Any:
         result = super().upgrade_connection()
