@@ -25,9 +25,8 @@ _metrics_temp = None
 
 bind = _config.bind
 workers = _config.workers
-# gevent-websocket's worker (3 greenlets and ~57 KB per connection against 4 and ~68 KB
-# for the plain gevent worker with simple-websocket: docs/deployment.md), with a bound on
-# the size of websocket frames.
+# gevent-websocket's worker, with a bound on the size of websocket frames, does the
+# handshake; pushapp.transport then takes the connection over (docs/deployment.md).
 worker_class = "pushapp.worker.GatewayWorker"
 graceful_timeout = 10
 timeout = 30

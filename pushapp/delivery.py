@@ -3,8 +3,9 @@
 Delivery always reads from Redis: a signal ("user U has new chats") makes the worker read
 the user's stream after the last id it sent to that socket and emit what it finds. So a
 message is never in flight only in a process's memory, and several signals for one user
-collapse into one read; one signal for many users reads all their streams in one call. Each socket's flushes are serialised by two bit flags instead of
-a lock, since it is the cheapest thing to hold at 100k connections.
+collapse into one read; one signal for many users reads all their streams in one call.
+Each socket's flushes are serialised by two bit flags instead of a lock, since it is the
+cheapest thing to hold at 100k connections.
 """
 from __future__ import annotations
 
