@@ -326,15 +326,17 @@ class LeanSocket(engineio_socket.Socket):
 
 class Pinger:
     """Sends each socket its ping ``interval`` seconds after it was scheduled, from one
-    greenlet for the whole worker."""
+    greenlet for the whole worker. It keeps sids, not sockets, so that a socket closed
+    before its ping is due is freed at once."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, sockets: dict[str, LeanSocket]) -> None:
         self.interval = interval
-        self.due: collections.deque[tuple[float, LeanSocket]] = collections.deque()
+        self.sockets = sockets
+        self.due: collections.deque[tuple[float, str]] = collections.deque()
         self._runner: gevent.Greenlet | None = None
 
     def add(self, sock: LeanSocket) -> None:
-        self.due.append((time.monotonic() + self.interval, sock))
+        self.due.append((time.monotonic() + self.interval, sock.sid))
         if self._runner is None:
             self._runner = gevent.spawn(self._run)
 
@@ -346,7 +348,9 @@ class Pinger:
         while True:
             now = time.monotonic()
             while self.due and self.due[0][0] <= now:
-                _, sock = self.due.popleft()
+                sock = self.sockets.get(self.due.popleft()[1])
+                if sock is None:
+                    continue
                 try:
                     sock.ping()
                 except Exception:
@@ -370,7 +374,7 @@ class LeanEngineServer(engineio_server.Server):
         """Turn the server python-socketio built into this class (it offers no way to pass
         one)."""
         server.__class__ = cls
-        server.pinger = Pinger(server.ping_interval)
+        server.pinger = Pinger(server.ping_interval, server.sockets)
         server.environs = environs
         server.send_backlog_max = send_backlog_max
         server.max_sockets = max_sockets
