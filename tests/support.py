@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -389,6 +390,24 @@ class RawClient:
             self.ws.close()
         except (websocket.WebSocketException, OSError):
             pass
+
+
+def clients_on_workers(gateway: Gateway, workers: int = 2, burst: int = 10,
+                       limit: int = 200) -> list[tuple[Client, str]]:
+    """Logged-in clients, with their users, until they sit on ``workers`` different
+    workers. They connect in bursts: one at a time, a worker that is never busy can win
+    every accept."""
+    def one(_: int) -> tuple[Client, str]:
+        client, user = gateway.client(), uid()
+        client.login(user)
+        return client, user
+
+    made: list[tuple[Client, str]] = []
+    while len({gateway.presence(user)[0] for _, user in made}) < workers:
+        assert len(made) < limit, "all connections landed on one worker"
+        with ThreadPoolExecutor(burst) as pool:
+            made += pool.map(one, range(burst))
+    return made
 
 
 def _split_id(text: str) -> tuple[int | None, list]:

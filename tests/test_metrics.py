@@ -11,7 +11,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import Gateway, uid, wait_for
+from support import Gateway, clients_on_workers, uid, wait_for
 
 
 def scrape(gateway: Gateway) -> dict[tuple, float]:
@@ -102,14 +102,9 @@ def test_metrics_count_real_traffic(fresh):
 
 def test_every_worker_counts_and_a_dead_ones_sockets_do_not(start_gateway):
     gateway = start_gateway(WORKERS=2)
-    clients, users = [], []
+    made = clients_on_workers(gateway)
+    clients, users = [client for client, _ in made], [user for _, user in made]
     try:
-        while len({gateway.presence(user)[0] for user in users}) < 2:
-            assert len(users) < 40, "all connections landed on one worker"
-            client, user = gateway.client(), uid()
-            client.login(user)
-            clients.append(client)
-            users.append(user)
         samples = scrape(gateway)
         assert value(samples, "pushapp_logins_total") == len(users)
         assert value(samples, "pushapp_connections") == len(users)

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import redis
 
-from support import Subscriber, uid, wait_for, without_mids
+from support import Subscriber, clients_on_workers, uid, wait_for, without_mids
 
 PUBLISHERS, PER_PUBLISHER = 20, 25
 
@@ -184,16 +184,10 @@ def two_workers(start_gateway):
 def _spread(gateway, count: int = 2) -> list:
     """Logged-in clients until they sit on ``count`` different workers; one per worker."""
     by_node: dict[str, tuple] = {}
-    made = []
-    for _ in range(40):
-        client, user = gateway.client(), uid()
-        client.login(user)
-        made.append(client)
+    made = clients_on_workers(gateway, count)
+    for client, user in made:
         by_node.setdefault(gateway.presence(user)[0], (client, user))
-        if len(by_node) == count:
-            break
-    assert len(by_node) == count, "all connections landed on one worker"
-    for client in made:
+    for client, _ in made:
         if all(client is not kept for kept, _ in by_node.values()):
             client.close()
     return list(by_node.values())
