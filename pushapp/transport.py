@@ -87,9 +87,7 @@ class LeanSocket(engineio_socket.Socket):
         if self._frames is None:
             return super().send(pkt)
         if self.check_ping_timeout():
-            data = pkt.encode()
-            self._write(frame(TEXT, data.encode()) if isinstance(data, str)
-                        else frame(BINARY, data))
+            self._write(self.server.framed(pkt))
 
     def schedule_ping(self) -> None:
         if self.last_ping:
@@ -367,6 +365,7 @@ class LeanEngineServer(engineio_server.Server):
     send_backlog_max: int
     max_sockets: int
     environs: dict[str, dict]
+    _framed: tuple[packet.Packet | None, bytes] = (None, b"")
 
     @classmethod
     def adopt(cls, server: engineio_server.Server, environs: dict[str, dict],
@@ -388,6 +387,17 @@ class LeanEngineServer(engineio_server.Server):
             return connect(sid, environ, *args)
 
         server.on("connect", lean_connect)
+
+    def framed(self, pkt: packet.Packet) -> bytes:
+        """The websocket frame of ``pkt``. An emit to many sockets sends them all the same
+        packet object: it is encoded and framed once, for the first of them."""
+        last, data = self._framed
+        if pkt is not last:
+            encoded = pkt.encode()
+            data = (frame(TEXT, encoded.encode()) if isinstance(encoded, str)
+                    else frame(BINARY, encoded))
+            self._framed = (pkt, data)
+        return data
 
     def _full(self, environ: dict) -> str:
         """Turn a new client away: a long poll gets the reason in a 401, a websocket (whose
