@@ -23,12 +23,13 @@ _root = Path(__file__).resolve().parent
 _embedded = None
 _metrics_temp = None
 
-bind = _config.bind
+bind = _config.listen
 workers = _config.workers
 # gevent-websocket's worker, with a bound on the size of websocket frames, does the
 # handshake; pushapp.transport then takes the connection over (docs/deployment.md).
 worker_class = "pushapp.worker.GatewayWorker"
-graceful_timeout = 10
+# A stopping worker closes its clients over DRAIN_WINDOW (pushapp.drain), then exits.
+graceful_timeout = _config.graceful_timeout
 timeout = 30
 accesslog = None
 # gunicorn's control socket lives in one fixed path per user; several gateways on one
@@ -58,10 +59,13 @@ worker_connections = _config.socket_capacity(_OPEN_FILES)
 def _metrics_dir() -> None:
     """An empty directory for the workers' metrics files, named in the environment before
     any worker imports prometheus_client (which reads it at import). A directory the
-    operator chose is emptied of the last run's files; otherwise a new one is made."""
+    operator chose is emptied of the last run's files (each ``INSTANCE`` but the first
+    keeps its own below it); otherwise a new one is made."""
     global _metrics_temp
     if _config.metrics_dir:
         path = Path(_config.metrics_dir)
+        if _config.instance:
+            path = path / f"instance-{_config.instance}"
         path.mkdir(parents=True, exist_ok=True)
         for stale in path.glob("*.db"):
             stale.unlink()

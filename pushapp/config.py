@@ -12,6 +12,12 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 
+# An HS256 key as long as the hash: RFC 7518 section 3.2.
+MIN_JWT_SECRET_BYTES = 32
+# Seconds a stopping worker keeps after its drain window (pushapp.drain).
+DRAIN_MARGIN = 5.0
+
+
 class ConfigError(ValueError):
     """A setting has a value pushapp cannot use; the message names the variable."""
 
@@ -35,8 +41,25 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _not_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    return parse
+
+
 def _list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _transports(text: str) -> tuple[str, ...]:
+    chosen = _list(text)
+    if not chosen or any(name not in ("polling", "websocket") for name in chosen):
+        raise ValueError("expected websocket, or polling,websocket")
+    return tuple(sorted(set(chosen)))
 
 
 def _origins(text: str) -> list[str] | str:
@@ -68,6 +91,7 @@ class Config:
     jwt_secret: str = _field("JWT_SECRET", "")
     jwt_public_key_file: str = _field("JWT_PUBLIC_KEY_FILE", "")
     jwt_jwks_file: str = _field("JWT_JWKS_FILE", "")
+    jwt_jwks_url: str = _field("JWT_JWKS_URL", "")
     jwt_algorithms: tuple[str, ...] = _field("JWT_ALGORITHMS", (), _list)
     jwt_audience: str = _field("JWT_AUDIENCE", "")
     jwt_issuer: str = _field("JWT_ISSUER", "")
@@ -92,6 +116,7 @@ class Config:
     ping_timeout: float = _field("PING_TIMEOUT", 30.0, _positive(float))
     # None: browsers only from the gateway's own origin; native apps send no Origin.
     cors_allowed_origins: Any = _field("CORS_ALLOWED_ORIGINS", None, _origins)
+    transports: tuple[str, ...] = _field("TRANSPORTS", ("polling", "websocket"), _transports)
 
     redis_max_connections: int = _field("REDIS_MAX_CONNECTIONS", 32, _positive(int))
     redis_pool_timeout: float = _field("REDIS_POOL_TIMEOUT", 20.0, _positive(float))
@@ -100,7 +125,9 @@ class Config:
                             _choice("DEBUG", "INFO", "WARNING", "ERROR"))
 
     bind: str = _field("BIND", "127.0.0.1:5000")
+    instance: int = _field("INSTANCE", 0, _not_negative(int))
     workers: int = _field("WORKERS", 1, _positive(int))
+    drain_window: float = _field("DRAIN_WINDOW", 5.0, _not_negative(float))
     worker_connections: int = _field("WORKER_CONNECTIONS", 50_000, _positive(int))
 
     log_format: str = _field("LOG_FORMAT", "plain", _choice("plain", "json"))
@@ -128,13 +155,39 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.auth_mode == "jwt" and not (
-                self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_file):
+                self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_file
+                or self.jwt_jwks_url):
             raise ConfigError(
                 "AUTH_MODE=jwt (the default) needs a key to check login tokens: set JWT_SECRET "
-                "(HS256), JWT_PUBLIC_KEY_FILE (RS256/ES256 PEM) or JWT_JWKS_FILE; or set "
-                "AUTH_MODE=insecure to trust the myAuraId clients send, as the seed did")
+                "(HS256), JWT_PUBLIC_KEY_FILE (RS256/ES256 PEM), JWT_JWKS_FILE or JWT_JWKS_URL; "
+                "or set AUTH_MODE=insecure to trust the myAuraId clients send, as the seed did")
+        if self.jwt_secret and len(self.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise ConfigError(
+                f"JWT_SECRET is {len(self.jwt_secret.encode())} bytes: an HS256 secret needs "
+                f"{MIN_JWT_SECRET_BYTES} or more, or it can be guessed offline from one token "
+                "(make one with: python3 -c 'import secrets; print(secrets.token_hex(32))')")
         if self.max_frame_bytes < self.max_event_bytes:
             raise ConfigError("MAX_FRAME_BYTES must not be below MAX_EVENT_BYTES")
+        if self.instance:
+            host, _, port = self.bind.rpartition(":")
+            if not (host and port.isdigit()) or int(port) + self.instance > 65535:
+                raise ConfigError(f"INSTANCE={self.instance} needs BIND as host:port with room "
+                                  f"for port + INSTANCE, not {self.bind!r}")
+
+    @property
+    def listen(self) -> str:
+        """The address gunicorn binds: ``BIND``, its port moved up by ``INSTANCE`` so that
+        the instances supervisord starts from one program take consecutive ports."""
+        if not self.instance:
+            return self.bind
+        host, _, port = self.bind.rpartition(":")
+        return f"{host}:{int(port) + self.instance}"
+
+    @property
+    def graceful_timeout(self) -> float:
+        """Seconds gunicorn gives a stopping worker: the drain window, and time for what is
+        in flight and for the clients' closing handshakes."""
+        return self.drain_window + DRAIN_MARGIN
 
     @property
     def reserved_files(self) -> int:
