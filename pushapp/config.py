@@ -101,6 +101,9 @@ class Config:
     rate_burst: int = _field("RATE_BURST", 40, _positive(int))
     rate_strikes: int = _field("RATE_STRIKES", 20, _positive(int))
     max_connections_per_ip: int = _field("MAX_CONNECTIONS_PER_IP", 0, int)
+    # gunicorn reads the same variable, with the same default, for X-Forwarded-Proto.
+    forwarded_allow_ips: tuple[str, ...] = _field("FORWARDED_ALLOW_IPS", ("127.0.0.1", "::1"),
+                                                  _list)
     push_delay: float = _field("PUSH_DELAY", 120.0, _positive(float))
     ack_timeout: float = _field("ACK_TIMEOUT", 60.0, _positive(float))
     store_max_entries: int = _field("STORE_MAX_ENTRIES", 1000, _positive(int))
