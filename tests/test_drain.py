@@ -76,11 +76,14 @@ class Fleet:
 
 class Publisher:
     """A business server publishing a stored notification to one of the users every few
-    milliseconds until stopped, each with its own number ``n``."""
+    milliseconds until stopped, each with its own number ``n``: on the ``notification``
+    channel (again while no gateway hears it), or, with ``durable``, into the inbox
+    stream, the way in that survives a worker killed while it holds a message."""
 
-    def __init__(self, gateway: Gateway, users: list[str]) -> None:
+    def __init__(self, gateway: Gateway, users: list[str], durable: bool = False) -> None:
         self.gateway = gateway
         self.users = users
+        self.durable = durable
         self.sent: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -90,7 +93,12 @@ class Publisher:
         n = 0
         while not self._stop.is_set():
             user = self.users[n % len(self.users)]
-            self.gateway.publish("notification", {"toWho": [user], "needStore": True, "n": n})
+            message = {"toWho": [user], "needStore": True, "n": n}
+            if self.durable:
+                self.gateway.redis.xadd(self.gateway.key("inbox"), {
+                    "channel": "notification", "data": json.dumps(message)})
+            else:
+                self.gateway.publish("notification", message)
             self.sent[n] = user
             n += 1
             time.sleep(0.01)
@@ -101,14 +109,15 @@ class Publisher:
 
 
 def _survives(gateway: Gateway, blow: Callable[[], None], count: int = 30,
-              transports: tuple[list[str], ...] = TRANSPORTS) -> dict:
+              transports: tuple[list[str], ...] = TRANSPORTS, durable: bool = False) -> dict:
     """Run ``blow`` under traffic; then every client is back and logged in on the new
-    worker, every notification published was delivered (again only with the same id) and
-    acked. Returns what was measured."""
+    worker, every notification published was delivered (again only with the same id,
+    or, from the inbox after a kill, as a second stored copy) and acked. Returns what was
+    measured."""
     fleet = Fleet(gateway, count, transports)
     try:
         wait_for(lambda: fleet.all_logged_in(1), what="every client to log in")
-        publisher = Publisher(gateway, fleet.users)
+        publisher = Publisher(gateway, fleet.users, durable)
         time.sleep(0.5)
         old_node = gateway.wait_ready()["node"]
         struck = time.monotonic()
@@ -133,7 +142,10 @@ def _survives(gateway: Gateway, blow: Callable[[], None], count: int = 30,
         for messages in fleet.received.values():
             for message in messages:
                 mids.setdefault(message["n"], set()).add(message["mid"])
-        assert all(len(ids) == 1 for ids in mids.values()), "a message came with two ids"
+        # An inbox entry stored by a worker killed before it acked the entry is stored
+        # again by the next (docs/delivery.md): a second copy, with an id of its own.
+        assert all(len(ids) <= (2 if durable else 1) for ids in mids.values()), \
+            "a message came with more ids than the delivery promise allows"
         receipts = sum(len(messages) for messages in fleet.received.values())
         figures = {"clients": count, "published": len(publisher.sent), "lost": 0,
                    "duplicates": receipts - len(publisher.sent),
@@ -175,7 +187,9 @@ def test_sigkill_of_the_worker_loses_nothing(start_gateway):
     def sigkill_worker() -> None:
         os.kill(gateway.worker_pid(), signal.SIGKILL)
 
-    _survives(gateway, sigkill_worker)
+    # A PUBLISH heard by the killed worker and not yet stored is lost (docs/delivery.md):
+    # business servers that must lose nothing write to the inbox stream.
+    _survives(gateway, sigkill_worker, durable=True)
 
 
 def test_a_worker_at_max_requests_drains_and_is_replaced(start_gateway):
