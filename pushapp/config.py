@@ -101,6 +101,11 @@ class Config:
     rate_limit: float = _field("RATE_LIMIT", 20.0, _positive(float))
     rate_burst: int = _field("RATE_BURST", 40, _positive(int))
     rate_strikes: int = _field("RATE_STRIKES", 20, _positive(int))
+    header_timeout: float = _field("HEADER_TIMEOUT", 5.0, _positive(float))
+    login_timeout: float = _field("LOGIN_TIMEOUT", 20.0, _positive(float))
+    max_handshakes_per_ip: int = _field("MAX_HANDSHAKES_PER_IP", 50, _positive(int))
+    max_channel_message_bytes: int = _field("MAX_CHANNEL_MESSAGE_BYTES", 1024 * 1024,
+                                            _positive(int))
     max_connections_per_ip: int = _field("MAX_CONNECTIONS_PER_IP", 0, int)
     # gunicorn reads the same variable, with the same default, for X-Forwarded-Proto.
     forwarded_allow_ips: tuple[str, ...] = _field("FORWARDED_ALLOW_IPS", ("127.0.0.1", "::1"),
@@ -136,6 +141,7 @@ class Config:
 
     log_format: str = _field("LOG_FORMAT", "plain", _choice("plain", "json"))
     metrics_dir: str = _field("METRICS_DIR", "")
+    metrics_token: str = _field("METRICS_TOKEN", "")
     api_max_body_bytes: int = _field("API_MAX_BODY_BYTES", 4_000_000, _positive(int))
     api_max_batch: int = _field("API_MAX_BATCH", 1000, _positive(int))
     idempotency_ttl: int = _field("IDEMPOTENCY_TTL", 24 * 3600, _positive(int))
