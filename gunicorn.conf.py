@@ -18,7 +18,8 @@ from pushapp.embedded_redis import EmbeddedRedis
 try:
     _config = Config.from_env()
 except ConfigError as exc:
-    sys.exit(f"pushapp: {exc}")
+    # One line per problem and no traceback: nothing would be gained by starting workers.
+    sys.exit("\n".join(f"pushapp: {problem}" for problem in exc.problems))
 _root = Path(__file__).resolve().parent
 _embedded = None
 _metrics_temp = None
@@ -76,6 +77,8 @@ def _metrics_dir() -> None:
 
 def on_starting(server):
     global _embedded
+    for warning in _config.warnings():
+        server.log.warning("pushapp: %s", warning)
     _metrics_dir()
     if os.environ.get("REDIS_URL"):
         return
