@@ -119,6 +119,7 @@ def test_login_without_a_token_is_refused(jwt_gateway, bystander):
     (lambda u: token(u, aud="another-service"), "wrong audience"),
     (lambda u: token(u, iss="someone-else"), "wrong issuer"),
     (lambda u: token(u, exp=None), "token lacks exp"),
+    (lambda u: token(42), "sub must be a string"),
     (lambda u: jwt.encode({"sub": u, "exp": time.time() + 60, "aud": AUDIENCE, "iss": ISSUER},
                           None, algorithm="none"), "algorithm not allowed"),
     (lambda u: "not.a.token", "invalid token"),
