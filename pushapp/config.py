@@ -190,7 +190,8 @@ class Config:
                 f"{MIN_JWT_SECRET_BYTES} or more, or it can be guessed offline from one token "
                 "(make one with: python3 -c 'import secrets; print(secrets.token_hex(32))')")
         if self.jwt_jwks_url and not self.jwt_jwks_url.startswith(("https://", "http://")):
-            problems.append(f"JWT_JWKS_URL={self.jwt_jwks_url!r}: expected an https:// (or http://) URL")
+            problems.append(
+                f"JWT_JWKS_URL={self.jwt_jwks_url!r}: expected an https:// (or http://) URL")
         if self.max_frame_bytes < self.max_event_bytes:
             problems.append("MAX_FRAME_BYTES must not be below MAX_EVENT_BYTES")
         if self.instance:
