@@ -77,8 +77,9 @@ class RemoteKeys:
     Fetched at start, and again when a token names a ``kid`` they lack (the issuer rotated
     its keys) or when they are older than ``JWKS_MAX_AGE``. A token may name any kid, so
     two fetches are ``JWT_JWKS_COOLDOWN`` apart at least, failed ones included: a flood of
-    made-up kids, or an endpoint that is down, costs the endpoint one request per cooldown
-    and the logins no wait. A failed fetch keeps the keys there were.
+    made-up kids, or an endpoint that is down, costs one request per cooldown, not one per
+    token, and only the login that fetches waits for it. A failed fetch keeps the keys
+    there were.
     """
 
     def __init__(self, url: str, cooldown: float) -> None:
