@@ -78,7 +78,7 @@ class RemoteKeys:
     its keys) or when they are older than ``JWKS_MAX_AGE``. A token may name any kid, so
     two fetches are ``JWT_JWKS_COOLDOWN`` apart at least, failed ones included: a flood of
     made-up kids, or an endpoint that is down, costs one request per cooldown, not one per
-    token, and only the login that fetches waits for it. A failed fetch keeps the keys
+    token, and only logins that need a fetch wait for one. A failed fetch keeps the keys
     there were.
     """
 
