@@ -9,7 +9,6 @@ workers a directory for their metrics files. Only the standard library and pusha
 light modules are imported: the workers apply gevent's monkey patching after this.
 """
 import gc
-import math
 import os
 import resource
 import shutil
@@ -34,8 +33,7 @@ workers = _config.workers
 # handshake; pushapp.transport then takes the connection over (docs/deployment.md).
 worker_class = "pushapp.worker.GatewayWorker"
 # A stopping worker closes its clients over DRAIN_WINDOW (pushapp.drain), then exits.
-# gunicorn takes whole seconds only.
-graceful_timeout = math.ceil(_config.graceful_timeout)
+graceful_timeout = _config.graceful_timeout
 timeout = 30
 accesslog = None
 # gunicorn's control socket lives in one fixed path per user; several gateways on one
