@@ -150,7 +150,7 @@ class Config:
 
     log_format: str = _field("LOG_FORMAT", "plain", _choice("plain", "json"))
     metrics_dir: str = _field("METRICS_DIR", "")
-    metrics_token: str = _field("METRICS_TOKEN", "")
+    metrics_token: str = _field("METRICS_TOKEN", "", secret=True)
     demo: str = _field("DEMO", "auto", _choice("auto", "0", "1"))
     api_max_body_bytes: int = _field("API_MAX_BODY_BYTES", 4_000_000, _positive(int))
     api_max_batch: int = _field("API_MAX_BATCH", 1000, _positive(int))
