@@ -1,9 +1,12 @@
-"""The processes a benchmark runs and watches: Redis, a gateway under gunicorn, the filter
-server, py-spy; and what /proc says about each (RSS, CPU seconds, open files)."""
+"""The processes a benchmark runs and watches: Redis, a gateway (under gunicorn, or the
+Node baseline), the filter server, py-spy; and what /proc says about each (RSS, CPU
+seconds, open files)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +20,7 @@ import redis
 from pushapp.embedded_redis import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+NODE_SEED = ROOT / "bench" / "node_seed"
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -56,15 +60,17 @@ def children(pid: int) -> list[int]:
 
 
 class Gateway:
-    """A gateway under gunicorn, one worker, in a process group of its own."""
+    """A gateway in a process group of its own: gunicorn with one worker (``forks``: the
+    worker is the master's child), or one node process that is its own worker."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path,
+                 forks: bool = True) -> None:
         self.name = name
         self.port = free_port()
-        self.env = {"BIND": f"127.0.0.1:{self.port}", "WORKERS": "1", "LOG_LEVEL": "INFO",
-                    **env}
+        self.env = {"BIND": f"127.0.0.1:{self.port}", **env}
         self.argv = argv
         self.log_path = log_path
+        self.forks = forks
         self.process: subprocess.Popen | None = None
         self.worker = 0
 
@@ -77,14 +83,14 @@ class Gateway:
     def start(self, timeout: float = 30.0) -> "Gateway":
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", *self.argv], cwd=ROOT, env={**os.environ, **self.env},
+                self.argv, cwd=ROOT, env={**os.environ, **self.env},
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}; "
                                    f"see {self.log_path}")
-            kids = children(self.process.pid)
+            kids = children(self.process.pid) if self.forks else [self.process.pid]
             if kids and self._ready():
                 self.worker = kids[0]
                 return self
@@ -93,7 +99,8 @@ class Gateway:
         raise RuntimeError(f"{self.name} not ready within {timeout}s; see {self.log_path}")
 
     def _ready(self) -> bool:
-        """pushapp: /health/ready (subscribed and a lease holder); the baseline: /monitor."""
+        """pushapp: /health/ready (subscribed and a lease holder); the baselines: /monitor
+        (the Node one listens once it has subscribed)."""
         path = "/health/ready" if self.name == "pushapp" else "/monitor"
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=1) as r:
@@ -113,17 +120,50 @@ class Gateway:
             self.process.wait()
 
 
+def _gunicorn(name: str, config: str, app: str, redis_url: str, log_path: Path,
+              env: dict[str, str]) -> Gateway:
+    return Gateway(name, [sys.executable, "-m", "gunicorn", "-c", config, app],
+                   {"WORKERS": "1", "LOG_LEVEL": "INFO", "REDIS_URL": redis_url, **env},
+                   log_path)
+
+
 def pushapp_gateway(redis_url: str, log_path: Path, **env: str) -> Gateway:
     """pushapp exactly as deployed: ``gunicorn -c gunicorn.conf.py wsgi:app``."""
-    return Gateway("pushapp", ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-                   {"REDIS_URL": redis_url, **env}, log_path)
+    return _gunicorn("pushapp", "gunicorn.conf.py", "wsgi:app", redis_url, log_path, env)
 
 
 def baseline_gateway(redis_url: str, log_path: Path, **env: str) -> Gateway:
-    """The naive port, under the same worker class (bench/baseline_gunicorn.conf.py)."""
-    return Gateway("baseline", ["gunicorn", "-c", "bench/baseline_gunicorn.conf.py",
-                                "bench.baseline_app:app"],
-                   {"REDIS_URL": redis_url, **env}, log_path)
+    """The naive Flask port, under pushapp's worker class (bench/baseline_gunicorn.conf.py)."""
+    return _gunicorn("baseline", "bench/baseline_gunicorn.conf.py", "bench.baseline_app:app",
+                     redis_url, log_path, env)
+
+
+def node_gateway(redis_url: str, log_path: Path, **env: str) -> Gateway:
+    """The seed's server ported to socket.io v4 (bench/node_seed/server.mjs): one node
+    process, one core, as the seed ran."""
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("node is not on PATH: the Node baseline needs Node.js 18+")
+    return Gateway("node", [node, str(NODE_SEED / "server.mjs")],
+                   {"REDIS_URL": redis_url, **env}, log_path, forks=False)
+
+
+def node_packages(directory: Path) -> None:
+    """``npm ci`` in ``directory`` unless its node_modules holds what its package-lock.json
+    locks (a stamp of the lock file's hash, written after a successful install): a fresh
+    checkout, or one whose lock changed since, gets the pinned packages, as
+    tests/test_interop_js.py does for tests/js."""
+    digest = hashlib.sha1((directory / "package-lock.json").read_bytes()).hexdigest()
+    stamp = directory / "node_modules" / ".bench-lock-sha1"
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError(f"npm is not on PATH: {directory} needs its packages (npm ci)")
+    print(f"# npm ci in {directory.relative_to(ROOT)}", flush=True)
+    subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=directory,
+                   check=True, timeout=300)
+    stamp.write_text(digest)
 
 
 class Profiler:
