@@ -11,6 +11,11 @@ each connect call a fresh loopback source address (127.0.0.2, .3, …), so neith
 ephemeral ports nor sockets left in TIME_WAIT by an earlier phase run out. Publishers
 embed a send time ``ts`` (epoch seconds) in each message; receivers record
 ``receive time - ts`` (every process reads the same clock).
+
+With ``agent="node"`` the agents are node processes running bench/node_agent/agent.mjs
+instead: the official socket.io-client v4, one client object per connection, driven by
+the same commands over stdin and stdout (``NodeAgent``), for the scenarios that measure a
+gateway against the client apps ship rather than the lightest possible one.
 """
 from __future__ import annotations
 
@@ -23,11 +28,15 @@ import os
 import random
 import re
 import resource
+import select
+import shutil
 import struct
+import subprocess
 import threading
 import time
 from array import array
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
@@ -37,6 +46,7 @@ try:
 except ImportError:  # plain asyncio works, at a higher CPU cost per message
     uvloop = None
 
+NODE_AGENT = Path(__file__).resolve().parent / "node_agent"
 _TS = re.compile(rb'"ts\\?":([0-9.]+)')
 _UPGRADE = ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
@@ -381,14 +391,73 @@ def source_addresses() -> Iterator[str]:
         yield f"127.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
 
 
-class LoadGen:
-    """The coordinator: agent processes, users spread over them round robin."""
+class NodeAgent:
+    """One node agent (bench/node_agent/agent.mjs), spoken to as a python agent's pipe and
+    process are (``send``, ``poll``, ``recv``; ``join``, ``is_alive``, ``kill``), so that
+    ``LoadGen`` drives both kinds alike: a command is one JSON line on its stdin, its
+    answer one JSON line on its stdout."""
 
-    def __init__(self, host: str, port: int, processes: int) -> None:
+    def __init__(self, host: str, port: int) -> None:
+        node = shutil.which("node")
+        if node is None:
+            raise RuntimeError("node is not on PATH: the node load agents need Node.js 18+")
+        self.process = subprocess.Popen(
+            [node, str(NODE_AGENT / "agent.mjs"), f"http://{host}:{port}"], cwd=NODE_AGENT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+        self.pid = self.process.pid
+        self._buffer = b""
+
+    def send(self, command: tuple[str, dict]) -> None:
+        self.process.stdin.write(orjson.dumps(command) + b"\n")
+        self.process.stdin.flush()
+
+    def poll(self, timeout: float) -> bool:
+        """True once a whole answer (or the end of the output) is there to ``recv``."""
+        deadline = time.monotonic() + timeout
+        out = self.process.stdout.fileno()
+        while b"\n" not in self._buffer:
+            ready, _, _ = select.select([out], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return False
+            chunk = os.read(out, 1 << 20)
+            if not chunk:
+                return True  # the agent is gone: recv says so
+            self._buffer += chunk
+        return True
+
+    def recv(self) -> dict:
+        line, found, self._buffer = self._buffer.partition(b"\n")
+        if not found:
+            raise EOFError(f"node agent {self.pid} exited with {self.process.poll()}")
+        return orjson.loads(line)
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+class LoadGen:
+    """The coordinator: agent processes (python, or node with ``agent="node"``), users
+    spread over them round robin."""
+
+    def __init__(self, host: str, port: int, processes: int, agent: str = "python") -> None:
         ctx = multiprocessing.get_context("spawn")
-        self.conns: list[Connection] = []
-        self.procs: list[multiprocessing.Process] = []
+        self.conns: list[Connection | NodeAgent] = []
+        self.procs: list[multiprocessing.Process | NodeAgent] = []
         for _ in range(processes):
+            if agent == "node":
+                node = NodeAgent(host, port)
+                self.conns.append(node)
+                self.procs.append(node)
+                continue
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_agent_main, args=(child, host, port), daemon=True)
             proc.start()
@@ -448,6 +517,13 @@ class LoadGen:
             "paced_chat", [{"users": u, "rate": share, "duration": duration}
                            for u in self._split(users)], duration + 30))
 
+    def pingpong(self, starters: list[str], duration: float) -> int:
+        """Node agents only: the pairs of ``starters`` chat ping-pong for ``duration``;
+        returns the chats sent. Each agent starts those of the starters it holds."""
+        return sum(r["sent"] for r in self._each(
+            "pingpong", [{"starters": starters, "duration": duration}] * len(self.conns),
+            duration + 30))
+
     def snapshot(self, reset: bool = False) -> dict:
         """Counters summed over the agents; with ``reset`` also the latency samples."""
         results = self._each("snapshot", [{"reset": reset}] * len(self.conns), 60)
@@ -459,7 +535,10 @@ class LoadGen:
             for name, when in result["last_rx"].items():
                 last_rx[name] = max(when, last_rx.get(name, 0.0))
             for name, raw in result.get("lat", {}).items():
-                lat[name].frombytes(raw)
+                if isinstance(raw, bytes):  # a python agent's array
+                    lat[name].frombytes(raw)
+                else:  # a node agent's JSON list
+                    lat[name].extend(raw)
         return {"count": count, "last_rx": last_rx, "lat": lat,
                 "connected": sum(r["connected"] for r in results),
                 "errors": [e for r in results for e in r["errors"]]}
