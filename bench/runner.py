@@ -1,9 +1,10 @@
-"""``bench/run``: every scenario against pushapp and the baseline, then a table of ratios.
+"""``bench/run``: every scenario against pushapp, the Node baseline (the seed's server on
+socket.io v4) and the Flask baseline, then a table of ratios.
 
 Each scenario prints one JSON line (results, parameters, the bench command and the
 gateway's command line). With ``--repeat N`` the table shows medians over the N rounds;
-each round runs pushapp and the baseline one after the other, so every ratio compares
-figures taken minutes apart on the same machine.
+each round runs the targets one after the other, so every ratio compares figures taken
+minutes apart on the same machine.
 """
 from __future__ import annotations
 
@@ -18,18 +19,22 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from . import procs
+from .loadgen import NODE_AGENT
 from .scenarios import Settings, dump, run_target
 
 SCENARIOS = ("hb", "chat_acks", "fanout", "fanout_stored", "chat", "storm", "curve",
-             "chat_direct")
+             "chat_direct", "pingpong")
 
 QUICK = Settings(connections=1500, processes=2, login_window=100, idle_s=2, load_clients=1000,
                  load_s=1.5, fanout_rates=(50_000,), fanout_stored_rates=(5_000,), fanout_s=1,
-                 chat_pairs=200, chat_rate=1000, chat_s=1, curve=(500,), stall_s=4)
+                 chat_pairs=200, chat_rate=1000, chat_s=1, curve=(500,), stall_s=4,
+                 pingpong_s=3)
 FULL = Settings(connections=19_500, processes=4, login_window=100, idle_s=10,
                 load_clients=1000, load_s=5, fanout_rates=(10_000, 50_000),
                 fanout_stored_rates=(1_000, 5_000), fanout_s=4, chat_pairs=1000,
-                chat_rate=2000, chat_s=4, curve=(1000, 5000, 10_000), stall_s=15)
+                chat_rate=2000, chat_s=4, curve=(1000, 5000, 10_000), stall_s=15,
+                pingpong_s=10)
 
 # The table's rows: per kind of scenario (its name up to a rate or size suffix), the
 # metrics shown, each with True when higher is better.
@@ -49,6 +54,9 @@ METRICS = {
     "memory_return": [("rss_after_mb", False), ("returned_pct", True)],
     "storm": [("logins_rejected", False), ("all_logged_in_s", False),
               ("all_delivered_s", False)],
+    "pingpong": [("chats_per_s", True), ("p50_ms", False), ("p99_ms", False),
+                 ("worker_us_per_chat", False), ("redis_us_per_chat", False),
+                 ("lost", False), ("duplicates", False)],
 }
 KINDS = {"fanout_stored": "fanout", "chat_direct": "chat"}
 
@@ -62,8 +70,10 @@ def _options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="a short run (under 2 minutes): 1,500 connections, 1-2 s phases")
-    parser.add_argument("--targets", default="pushapp,baseline",
-                        help="comma-separated: pushapp, baseline")
+    parser.add_argument("--targets", default="pushapp,node,baseline",
+                        help="comma-separated: pushapp, node (the seed on socket.io v4), "
+                        "baseline (the naive Flask port); the first one's gains over each "
+                        "other are shown")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated, from: " + ", ".join(SCENARIOS)
                         + " (capacity, disconnect and memory_return always run)")
@@ -97,14 +107,25 @@ def _settings(opts: argparse.Namespace) -> Settings:
     return settings
 
 
+def _gain(mine: list[float] | None, base: list[float] | None, higher: bool) -> str:
+    """How many times better the median of ``mine`` is than that of ``base``."""
+    if not mine or not base:
+        return "-"
+    a, b = statistics.median(mine), statistics.median(base)
+    if a <= 0 or b <= 0:
+        return "-"
+    return f"x{(a / b if higher else b / a):.2f}"
+
+
 def table(lines: list[dict], targets: list[str]) -> str:
-    """Medians per scenario, metric and target, and pushapp's gain over the baseline."""
+    """Medians per scenario, metric and target, and the first target's gain over each
+    of the others."""
     values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for line in lines:
         for metric, value in line["results"].items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 values[line["scenario"], metric, line["target"]].append(value)
-    rows = [("scenario", "metric", *targets, "gain")]
+    rows = [("scenario", "metric", *targets, *(f"gain/{t}" for t in targets[1:]))]
     scenarios = list(dict.fromkeys(line["scenario"] for line in lines))
     for scenario in scenarios:
         for metric, higher in METRICS.get(_kind(scenario), []):
@@ -112,12 +133,8 @@ def table(lines: list[dict], targets: list[str]) -> str:
             if not any(medians):
                 continue
             cells = [f"{statistics.median(m):g}" if m else "-" for m in medians]
-            gain = "-"
-            if len(targets) == 2 and all(medians):
-                mine, base = statistics.median(medians[0]), statistics.median(medians[1])
-                if mine > 0 and base > 0:
-                    gain = f"x{(mine / base if higher else base / mine):.2f}"
-            rows.append((scenario, metric, *cells, gain))
+            gains = [_gain(medians[0], other, higher) for other in medians[1:]]
+            rows.append((scenario, metric, *cells, *gains))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths))
                      for row in rows)
@@ -134,6 +151,10 @@ def main() -> None:
     targets = [t for t in opts.targets.split(",") if t]
     scenarios = set(opts.scenarios.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="pushapp-bench-"))
+    if "node" in targets:
+        procs.node_packages(procs.NODE_SEED)
+    if "pingpong" in scenarios:
+        procs.node_packages(NODE_AGENT)
     out = open(opts.json, "a") if opts.json else None
 
     def emit(line: dict) -> None:
@@ -150,7 +171,8 @@ def main() -> None:
         for target in targets:
             lines += run_target(target, settings, workdir / f"round{round_no}", emit, scenarios)
     print(f"\n{table(lines, targets)}\n\n# {time.monotonic() - started:.0f} s, "
-          f"{opts.repeat} round(s); gain: how many times better pushapp's figure is", flush=True)
+          f"{opts.repeat} round(s); gain/X: how many times better {targets[0]}'s figure is "
+          f"than X's", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The scenarios, run in one sequence against one gateway (pushapp or the baseline).
+"""The scenarios, run in one sequence against one gateway (pushapp, the Flask baseline or
+the Node baseline).
 
 Every figure comes with the CPU each process used meanwhile (the gateway worker, Redis,
 the load agents, the filter server): on a small machine they share the cores, and the
@@ -48,6 +49,9 @@ class Settings:
     chat_rate: float = 2000
     chat_s: float = 3.0
     curve: tuple[int, ...] = (500, 1000)
+    pingpong_users: int = 5000
+    pingpong_pairs: int = 200
+    pingpong_s: float = 5.0
     stall_s: float = 10.0  # how long deliveries may pause before the rest count as undelivered
     profile_dir: str = ""
 
@@ -74,32 +78,39 @@ class Window:
         self.cpu = {name: sum(map(procs.cpu_seconds, pids)) for name, pids in run.pids().items()}
 
     def stop(self, ops: float = 0) -> dict:
-        """Wall time, CPU % of a core per process and (given ``ops``) worker µs per op."""
+        """Wall time, CPU % of a core per process and (given ``ops``) µs of CPU per op of
+        the gateway worker and of redis-server, the two that serve every op."""
         wall = time.time() - self.started
         worker = procs.sample(self.run.gateway.worker)
         out: dict[str, Any] = {"wall_s": round(wall, 2)}
-        for name, pids in self.run.pids().items():
-            used = sum(map(procs.cpu_seconds, pids)) - self.cpu[name]
-            out[f"{name}_cpu_pct"] = round(100 * used / wall, 1) if wall else 0.0
-        worker_cpu = worker.cpu_s - self.worker.cpu_s
+        used = {name: sum(map(procs.cpu_seconds, pids)) - self.cpu[name]
+                for name, pids in self.run.pids().items()}
+        for name, seconds in used.items():
+            out[f"{name}_cpu_pct"] = round(100 * seconds / wall, 1) if wall else 0.0
         self.run.rss_peak_kb = max(self.run.rss_peak_kb, worker.rss_kb)
-        out["worker_cpu_s"] = round(worker_cpu, 2)
+        out["worker_cpu_s"] = round(used["worker"], 2)
         if ops:
-            out["worker_us_per_op"] = round(1e6 * worker_cpu / ops, 1)
+            out["worker_us_per_op"] = round(1e6 * used["worker"] / ops, 1)
+            out["redis_us_per_op"] = round(1e6 * used["redis"] / ops, 1)
         out["worker_rss_mb"] = round(worker.rss_kb / 1024, 1)
         return out
 
 
+GATEWAYS = {"pushapp": procs.pushapp_gateway, "baseline": procs.baseline_gateway,
+            "node": procs.node_gateway}
+
+
 class Run:
-    """One gateway with its own Redis, the load agents and the filter server."""
+    """One gateway with its own Redis, the load agents (python, or node ones running
+    socket.io-client) and the filter server; a context manager that stops them all."""
 
     def __init__(self, target: str, settings: Settings, workdir: Path, emit: Callable[[dict], None],
-                 command: str, **env: str) -> None:
+                 command: str, agent: str = "python", **env: str) -> None:
         self.target = target
         self.settings = settings
         self.emit_line = emit
         self.command = command
-        name = "-".join([target, *(v.lower() for v in env.values())])
+        name = "-".join([target, *(v.lower() for v in env.values()), agent])
         # pushapp checks login tokens (AUTH_MODE=jwt, its default): the bench signs them.
         # Its per-connection rate limit is lifted: the closed loops measure the worker,
         # and a client whose acks come back fast would otherwise be throttled.
@@ -110,10 +121,9 @@ class Run:
         self.redis_server = EmbeddedRedis(workdir / f"redis-{name}")
         self.redis_server.start()
         self.redis = redis.Redis.from_url(self.redis_server.url)
-        make = procs.pushapp_gateway if target == "pushapp" else procs.baseline_gateway
-        self.gateway = make(self.redis_server.url, workdir / f"{name}.log", **env)
+        self.gateway = GATEWAYS[target](self.redis_server.url, workdir / f"{name}.log", **env)
         self.gateway.start()
-        self.loadgen = LoadGen("127.0.0.1", self.gateway.port, settings.processes)
+        self.loadgen = LoadGen("127.0.0.1", self.gateway.port, settings.processes, agent)
         self.filter = multiprocessing.get_context("spawn").Process(
             target=procs.filter_server, args=(self.redis_server.url, 3600), daemon=True)
         self.filter.start()
@@ -121,7 +131,10 @@ class Run:
         self.rss_peak_kb = self.rss_start_kb
         self.connected = 0
 
-    def close(self) -> None:
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.loadgen.close()
         self.filter.kill()
         self.gateway.stop()
@@ -350,6 +363,31 @@ class Run:
             "worker_us_per_message": out.get("worker_us_per_op"), "cpu": out,
         })
 
+    def pingpong(self, users: list[str]) -> dict:
+        """``pingpong_pairs`` pairs of ``users`` (connected with socket.io-client) chat
+        ping-pong through the filter server: each side sends its next chat once the
+        other's arrived, and acks each batch with its length. Worker and Redis CPU from
+        the first send to the last delivery, per chat delivered: everything a chat costs,
+        the gateway's ack, the filter's round trip, the store, the delivery and its ack."""
+        s = self.settings
+        starters = users[:2 * s.pingpong_pairs:2]
+        sent, snap, span, out = self.deliveries(
+            "pingpong", "chat", lambda: self.loadgen.pingpong(starters, s.pingpong_s), 1,
+            stall_s=s.stall_s)
+        delivered = snap["count"]["chat"]
+        return self.report("pingpong", {"connected": self.connected, "pairs": len(starters),
+                                        "seconds": s.pingpong_s}, {
+            "sent": sent, "delivered": delivered, "lost": sent - delivered,
+            "duplicates": snap["count"]["chat_dup"],
+            "gateway_acks": snap["count"]["chat_ack"],
+            "ack_errors": snap["count"]["chat_ack_error"],
+            "chats_per_s": _per_s(delivered, span),
+            "p50_ms": percentile(snap["lat"]["chat"], 0.5),
+            "p99_ms": percentile(snap["lat"]["chat"], 0.99),
+            "worker_us_per_chat": out.get("worker_us_per_op"),
+            "redis_us_per_chat": out.get("redis_us_per_op"), "cpu": out,
+        })
+
     def disconnect(self, count: int, name: str = "disconnect") -> dict:
         """Every client drops at once: time and worker CPU until the gateway has closed
         every socket, pushapp has unbound every user, and the worker idles (the baseline
@@ -435,8 +473,7 @@ def run_target(target: str, settings: Settings, workdir: Path,
     workdir.mkdir(parents=True, exist_ok=True)
     command = " ".join(shlex.quote(a) for a in ["bench/run", *sys.argv[1:]])
     users = [f"c{i}" for i in range(settings.connections)]
-    run = Run(target, settings, workdir, keep, command)
-    try:
+    with Run(target, settings, workdir, keep, command) as run:
         run.capacity(users)
         if settings.hold_s:
             run.hold(users)
@@ -462,16 +499,17 @@ def run_target(target: str, settings: Settings, workdir: Path,
                         paired=False)
             run.quiet()
             run.disconnect(size, f"disconnect_{size}")
-    finally:
-        run.close()
     if "chat_direct" in scenarios:
-        direct = Run(target, settings, workdir, keep, command, CHAT_FILTER="direct")
-        try:
+        with Run(target, settings, workdir, keep, command, CHAT_FILTER="direct") as direct:
             pairs = [f"x{i}" for i in range(2 * settings.chat_pairs)]
             direct.connect(pairs, settings.login_window)
             direct.chat(pairs, "chat_direct")
-        finally:
-            direct.close()
+    if "pingpong" in scenarios:
+        with Run(target, settings, workdir, keep, command, agent="node") as js:
+            chatters = [f"p{i}" for i in range(settings.pingpong_users)]
+            js.connected = js.connect(chatters, settings.login_window)["ok"]
+            js.quiet()
+            js.pingpong(chatters)
     return lines
 
 
