@@ -82,7 +82,7 @@ class Client(asyncio.Protocol):
     """One Socket.IO client: websocket framing, Engine.IO pings, acks, login."""
 
     __slots__ = ("agent", "user", "peer", "token", "transport", "buf", "upgraded", "ready",
-                 "next_id", "pending", "seq", "seen", "dropping")
+                 "next_id", "pending", "seq", "seen", "notified", "dropping")
 
     def __init__(self, agent: "Agent", user: str, peer: str | None, token: str | None) -> None:
         self.agent = agent
@@ -97,6 +97,7 @@ class Client(asyncio.Protocol):
         self.pending: dict[int, tuple[str, float]] = {}
         self.seq = 0
         self.seen = 0
+        self.notified = False
         self.dropping = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -175,8 +176,8 @@ class Client(asyncio.Protocol):
 
     def load(self, kind: str) -> None:
         """One more event of the closed loop or paced run: an ``hb``, or a chat to the peer."""
-        if kind == "hb_ack":
-            self.call(kind, ["hb"])
+        if kind == "hb_ack":  # with a payload: the seed's handler acks only then
+            self.call(kind, ["hb", "ping"])
             return
         self.seq += 1
         self.call(kind, ["chat", {"from": self.user, "to": self.peer, "ts": time.time(),
@@ -215,6 +216,9 @@ class Client(asyncio.Protocol):
                 agent.lat["notif"].append(now - float(match.group(1)))
             agent.count["notif"] += 1
             agent.last_rx["notif"] = now
+            if not self.notified:  # recipients, as against deliveries
+                self.notified = True
+                agent.count["notified"] += 1
             if ack_id is not None:
                 self.send(b"43%d[1]" % ack_id)
         elif body.startswith(b'["chat"'):

@@ -53,7 +53,7 @@ METRICS = {
     "disconnect": [("cleanup_s", False), ("worker_cpu_s", False)],
     "memory_return": [("rss_after_mb", False), ("returned_pct", True)],
     "storm": [("logins_rejected", False), ("all_logged_in_s", False),
-              ("all_delivered_s", False)],
+              ("all_delivered_s", False), ("undelivered", False)],
     "pingpong": [("chats_per_s", True), ("p50_ms", False), ("p99_ms", False),
                  ("worker_us_per_chat", False), ("redis_us_per_chat", False),
                  ("lost", False), ("duplicates", False)],
