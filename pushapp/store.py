@@ -15,7 +15,7 @@ import itertools
 import re
 import time
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 import redis
@@ -249,14 +249,16 @@ class Presence(NamedTuple):
         return None if raw is None else cls(*orjson.loads(raw))
 
 
-def connect(config: Config) -> redis.Redis:
-    """A client with a bounded pool that waits for a free connection instead of failing
-    (redis-py's default pool raises once 100 connections are busy)."""
+def connect(config: Config, size: int | None = None, **options: Any) -> redis.Redis:
+    """A client with a bounded pool (``REDIS_MAX_CONNECTIONS``, or ``size``) that waits for
+    a free connection instead of failing (redis-py's default pool raises once 100
+    connections are busy); ``options`` go to each connection."""
     pool = redis.BlockingConnectionPool.from_url(
         config.redis_url,
-        max_connections=config.redis_max_connections,
+        max_connections=size or config.redis_max_connections,
         timeout=config.redis_pool_timeout,
         health_check_interval=30,
+        **options,
     )
     return redis.Redis(connection_pool=pool)
 
