@@ -134,7 +134,8 @@ class Bridge:
         self._running = False
         self._greenlets: list[gevent.Greenlet] = []
         self._heard = Heard(held_bytes(config.max_channel_message_bytes))
-        self._listener = capped_client(config, self.node_channel)
+        self._listener = capped_client(config, f"pushapp-listener:{self.node}",
+                                       self.node_channel)
 
     @property
     def leader(self) -> bool:
@@ -142,8 +143,8 @@ class Bridge:
 
     def start(self) -> None:
         self._running = True
-        inbox = Inbox(self.config, capped_client(self.config), self.node,
-                      lambda: self.leader, self.route)
+        inbox = Inbox(self.config, capped_client(self.config, f"pushapp-inbox:{self.node}"),
+                      self.node, lambda: self.leader, self.route)
         self._greenlets = [gevent.spawn(self._keepalive), gevent.spawn(self._listen),
                            gevent.spawn(self._handle_heard), gevent.spawn(inbox.run)]
 

@@ -108,11 +108,12 @@ class _CappedParser(_RESP2Parser):
                                      connection.socket_timeout, self.limit, self.exempt)
 
 
-def capped_client(config: Config, exempt: str | None = None) -> redis.Redis:
+def capped_client(config: Config, name: str, exempt: str | None = None) -> redis.Redis:
     """A client of one connection to the gateway's Redis that keeps no bulk string over
     ``MAX_CHANNEL_MESSAGE_BYTES`` (but the one right after ``exempt``: a channel's name
-    in a pub/sub message is followed by the message)."""
+    in a pub/sub message is followed by the message). ``name`` is its name in Redis'
+    ``CLIENT LIST``, where operators look at how much Redis keeps for it."""
     parser = functools.partial(_CappedParser, limit=config.max_channel_message_bytes,
                                exempt=exempt.encode() if exempt else None)
     # RESP2: the parser above speaks it; a pub/sub message is then a plain array.
-    return connect(config, 1, parser_class=parser, protocol=2)
+    return connect(config, 1, parser_class=parser, protocol=2, client_name=name)
