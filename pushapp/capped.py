@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import redis
 from redis._parsers import _RESP2Parser
@@ -72,7 +72,7 @@ class _CappedBuffer(SocketBuffer):
             self._previous = None
         return line
 
-    def read(self, length: int, timeout: float | object = SENTINEL) -> Any:
+    def read(self, length: int, timeout: float | object = SENTINEL) -> bytes | Oversized:
         if length <= self.limit or (self.exempt and self._previous == self.exempt):
             value = super().read(length, timeout)
         else:
