@@ -195,14 +195,22 @@ def filter_server(redis_url: str, limit_s: float) -> None:
     client = redis.Redis.from_url(redis_url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("chat_filter_channel")
+
+    def next_message(wait: float) -> dict | None:
+        # Read a message whole once it has begun to arrive: get_message(timeout=0) raises
+        # TimeoutError on one only partly received, which a burst of chats brings about.
+        if not pubsub.connection.can_read(timeout=wait):
+            return None
+        return pubsub.get_message(timeout=None)
+
     parent = os.getppid()
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline and os.getppid() == parent:
-        message = pubsub.get_message(timeout=0.2)
+        message = next_message(0.2)
         if message is None:
             continue
         pipe = client.pipeline(transaction=False)
         while message is not None:
             pipe.publish("snschat", message["data"])
-            message = pubsub.get_message(timeout=0)
+            message = next_message(0)
         pipe.execute()
