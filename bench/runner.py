@@ -69,7 +69,7 @@ def _kind(scenario: str) -> str:
 def _options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="a short run (under 2 minutes): 1,500 connections, 1-2 s phases")
+                        help="a short run (about 3 minutes): 1,500 connections, 1-3 s phases")
     parser.add_argument("--targets", default="pushapp,node,baseline",
                         help="comma-separated: pushapp, node (the seed on socket.io v4), "
                         "baseline (the naive Flask port); the first one's gains over each "
