@@ -10,6 +10,7 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import re
 import signal
 import tarfile
@@ -19,9 +20,12 @@ from urllib.parse import urlsplit
 import jwt
 import pytest
 import requests
+from flask import Flask
 
 from browser import CHROMIUM_ARGS, Page, chromium
+from pushapp import pages as pages_module
 from pushapp import vendor
+from pushapp.config import Config
 from support import API_KEY, ROOT, Gateway, uid, wait_for
 
 XSS = '<img src=x onerror="window.pwned=1">'
@@ -176,6 +180,9 @@ def test_without_a_key_the_admin_page_shows_only_its_key_form(site, pages):
     assert "wrong API key" in tab.inner_text("#key-error")
     assert tab.query_selector("#admin") is None
     assert "not-the-key" not in tab.url
+    status = tab.evaluate("fetch('/api/v1/stats', {headers: {'X-Pushapp-Session': '1'}})"
+                          ".then((answer) => answer.status)")
+    assert status == 401, "the dashboard's data needs a session"
     # The refused form answers 401, which the browser logs; nothing else may be logged.
     assert [error for error in page.errors if "401" not in error] == []
     page.errors.clear()
@@ -314,6 +321,18 @@ def test_wrong_keys_are_limited_at_the_api_and_the_admin_form(start_gateway):
     assert form.status_code == 429 and "too many wrong API keys" in form.text
     missing = requests.get(gateway.url + "/api/v1/stats", timeout=10)
     assert missing.status_code == 429
+
+
+def test_without_its_client_the_demo_says_what_to_run(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(vendor, "CLIENT", tmp_path / "socket.io-4.8.4.min.js")
+    app = Flask("pages", static_folder=None)
+    with caplog.at_level(logging.WARNING):
+        pages_module.init_app(app, Config(auth_mode="insecure"))
+    assert f"{vendor.CLIENT} is missing; run bin/setup" in caplog.text
+    page = app.test_client().get("/demo").text
+    missing = re.search(r'<p class="problem" id="client-missing">([^<]*)</p>', page)
+    assert missing and "bin/setup" in missing.group(1), page
+    assert "/static/vendor/" not in page
 
 
 def test_the_pinned_client_is_the_one_the_js_tests_lock():
