@@ -6,7 +6,10 @@ stored, archived, delivered and pushed exactly as one published on ``snschat`` o
 Router stores it and signals the worker holding each recipient. A 2xx means the message is
 in Redis; a Redis failure answers 503 with the reason, and the client retries (safely,
 with an ``Idempotency-Key``). Every route is in this one blueprint so that a single
-``before_request`` hook can guard them all (``CATALOG.is_public`` names the exceptions).
+``before_request`` hook can guard them all (``CATALOG.is_public`` names the exceptions):
+a key, or the admin page's session (pushapp.pages), with wrong keys limited per address.
+The operators' routes (users, ``/stats``) are what the admin page reads, so that the page
+and a script see the same data.
 """
 from __future__ import annotations
 
