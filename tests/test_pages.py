@@ -162,6 +162,7 @@ def test_the_dashboard_counts_a_demo_page_opening_and_closing(start_gateway, pag
     admin.wait_for_selector("#connections >> text=1")
     assert admin.inner_text("#redis").startswith("ok")
     assert admin.inner_text("#lease") == gateway.node
+    assert admin.inner_text("#listeners") == "1 of 1"
     row = admin.inner_text("#workers tbody tr")
     assert gateway.node in row and "holds it" in row and "subscribed" in row
     assert admin.query_selector_all("#chart polyline")
@@ -310,6 +311,9 @@ def test_the_admin_data_needs_the_key_or_its_session(site):
 
 def test_wrong_keys_are_limited_at_the_api_and_the_admin_form(start_gateway):
     gateway = start_gateway()
+    for _ in range(15):
+        assert requests.get(gateway.url + "/api/v1/stats", timeout=10).status_code == 401, \
+            "a missing key is no guess"
     for attempt in range(10):
         answer = requests.post(gateway.url + "/admin/login", data={"key": f"guess-{attempt}"},
                                timeout=10)

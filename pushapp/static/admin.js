@@ -52,6 +52,8 @@
     $("redis").title = stats.redis.error ?? "";
     $("redis").className = stats.redis.ok ? "value" : "value problem";
     $("lease").textContent = stats.lease ?? "nobody holds it";
+    const local = stats.workers.filter((worker) => worker.metrics);
+    $("listeners").textContent = `${t.listener ?? 0} of ${local.length}`;
     let msgs = 0;
     if (last && stats.time_ms > last.time_ms) {
       const per = rates(stats, last);
