@@ -339,6 +339,17 @@ def test_without_its_client_the_demo_says_what_to_run(monkeypatch, tmp_path, cap
     assert "/static/vendor/" not in page
 
 
+def test_the_http_doc_lists_every_page_route():
+    app = Flask("routes", static_folder=None)
+    app.register_blueprint(pages_module.bp)
+    listed = (ROOT / "docs" / "http-api.md").read_text()
+    routes = [f"`{method} {re.sub(r'<[^>]+>', '…', rule.rule)}`"
+              for rule in app.url_map.iter_rules() for method in rule.methods
+              if method in ("GET", "POST")]
+    assert len(routes) == 6
+    assert [route for route in routes if route not in listed] == []
+
+
 def test_the_pinned_client_is_the_one_the_js_tests_lock():
     lock = json.loads((ROOT / "tests" / "js" / "package-lock.json").read_text())
     locked = lock["packages"]["node_modules/socket.io-client"]
