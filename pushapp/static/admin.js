@@ -88,8 +88,8 @@
     }
   }
 
-  // Two lines, each scaled to its own maximum, over the last five minutes; drawn in the
-  // pixels the chart has now, so that its labels are not stretched.
+  // Two lines, each scaled to its own maximum, over the last five minutes (or since the
+  // page opened); drawn in the pixels the chart has now, so its labels are not stretched.
   function chart() {
     const svg = $("chart");
     const width = svg.clientWidth || 600;
@@ -97,12 +97,13 @@
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
     svg.replaceChildren();
     const now = history[history.length - 1].t;
+    const span = Math.max(1, now - history[0].t);
     for (const [key, anchor, x] of [["conn", "start", 4], ["msgs", "end", width - 4]]) {
       const max = Math.max(1, ...history.map((point) => point[key]));
       const line = document.createElementNS(SVG, "polyline");
       line.setAttribute("class", key);
       line.setAttribute("points", history.map((point) =>
-        `${(width - ((now - point.t) / HISTORY_MS) * width).toFixed(1)},${(height - 4 - (point[key] / max) * (height - 24)).toFixed(1)}`).join(" "));
+        `${(width - ((now - point.t) / span) * width).toFixed(1)},${(height - 4 - (point[key] / max) * (height - 24)).toFixed(1)}`).join(" "));
       svg.append(line);
       const label = document.createElementNS(SVG, "text");
       label.setAttribute("x", x);
