@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import math
 import socket
 import time
 from typing import Any, Callable
@@ -45,29 +44,11 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 PUBLISH_ANSWERS = {400: Error, 401: Error, 409: Error, 413: Error, 422: Error, 429: Error,
                    503: Error}
 USER_ANSWERS = {401: Error, 422: Error, 429: Error, 503: Error}
-# Seconds the stored-message backlog /stats shows may be old: reading it walks Redis, and
-# every open dashboard asks every second or two.
-BACKLOG_MAX_AGE = 5.0
 # The admin page's requests carry its session instead of a key, and this header: a page of
 # another site cannot add it without the browser asking this gateway first (CORS).
 SESSION_HEADER = "X-Pushapp-Session"
 # Where the admin session keeps the digest of its key (auth.session_client).
 SESSION_FIELD = "api_key"
-
-
-class Cached:
-    """A value costly to read, read again only once it is older than ``max_age`` seconds."""
-
-    def __init__(self, max_age: float) -> None:
-        self.max_age = max_age
-        self._value: Any = None
-        self._read_at = -math.inf
-
-    def get(self, read: Callable[[], Any]) -> Any:
-        now = time.monotonic()
-        if now - self._read_at > self.max_age:
-            self._value, self._read_at = read(), now
-        return self._value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +62,6 @@ class Api:
     idempotency: Idempotency
     document: dict
     guard: auth.KeyGuard
-    backlog: Cached
 
 
 class UserConverter(BaseConverter):
@@ -109,8 +89,7 @@ def init_app(app: Flask, config: Config, store: Store, router: Router) -> None:
     app.url_map.converters["user"] = UserConverter
     app.extensions["pushapp_api"] = Api(
         config, store, router, models, Idempotency(config, store.redis),
-        CATALOG.document(models, "pushapp", "1"), auth.KeyGuard(),
-        Cached(BACKLOG_MAX_AGE))
+        CATALOG.document(models, "pushapp", "1"), auth.KeyGuard())
     app.register_blueprint(bp)
 
 
@@ -363,8 +342,8 @@ def stats() -> Response:
     """The live numbers of the admin dashboard: every worker's metrics, summed and one by
     one, the stored backlog, the ingest lease and Redis' health.
 
-    The same values as /metrics (the backlog at most 5 seconds old). Redis
-    being down is part of the answer, not an error.
+    The same values as /metrics, the backlog as last counted. Redis being down is part of
+    the answer, not an error.
     """
     api = _api()
     gateway = current_app.extensions["pushapp"]
@@ -377,8 +356,9 @@ def stats() -> Response:
         api.store.redis.ping()
         health = RedisHealth(ok=True, latency_ms=round((time.perf_counter() - started) * 1000, 3))
         nodes, lease = api.store.nodes(), api.store.lease_holder()
-        totals["stored"] = {KIND_NAMES[kind]: count
-                            for kind, count in api.backlog.get(api.store.backlog).items()}
+        saved = api.store.saved_backlog()
+        if saved is not None:
+            totals["stored"] = {KIND_NAMES[kind]: count for kind, count in saved[0].items()}
     except redis.RedisError as exc:
         health = RedisHealth(ok=False, error=str(exc))
     return _json(Stats(time_ms=now_ms, node=gateway.bridge.node, redis=health, lease=lease,

@@ -1,4 +1,5 @@
-"""API keys for the HTTP API: ``Authorization: Bearer <key>``, one of ``API_KEYS``.
+"""API keys for the HTTP API: ``Authorization: Bearer <key>``, one of ``API_KEYS`` (and
+the same check of ``METRICS_TOKEN`` for ``/metrics``).
 
 Several keys may be valid at once, so a key can be rotated without downtime. Every key is
 compared in constant time, and all of them each time, so neither the answer nor its timing
@@ -12,7 +13,7 @@ import hashlib
 import hmac
 import math
 import time
-from typing import Callable
+from collections.abc import Callable, Iterable
 
 # Wrong keys one client address may send at once, and how many more per second after that:
 # 10 at once, then one every 6 seconds.
@@ -44,18 +45,30 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def bearer(authorization: str | None) -> bytes | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, presented = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return None
+    return presented.strip().encode()
+
+
+def matches(given: bytes, keys: Iterable[str]) -> bool:
+    """Whether ``given`` is one of ``keys``, comparing it with every key in constant time."""
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key.encode())
+    return matched
+
+
 def client_of(keys: tuple[str, ...], authorization: str | None) -> str:
     """A short, stable name of the caller's key (not the key), or ``ApiKeyError``."""
     if not keys:
         raise ApiKeyError("the HTTP API is closed: no API_KEYS are configured")
-    scheme, _, presented = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
+    given = bearer(authorization)
+    if given is None:
         raise ApiKeyError("missing API key: send Authorization: Bearer <key>")
-    given = presented.strip().encode()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given, key.encode())
-    if not matched:
+    if not matches(given, keys):
         raise ApiKeyError("wrong API key", guess=True)
     return hashlib.sha256(given).hexdigest()[:12]
 
@@ -67,10 +80,7 @@ def session_client(keys: tuple[str, ...], remembered: str | None) -> str:
         raise ApiKeyError("the HTTP API is closed: no API_KEYS are configured")
     if not remembered:
         raise ApiKeyError("missing API key: send Authorization: Bearer <key>")
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(remembered.encode(), digest(key).encode())
-    if not matched:
+    if not matches(remembered.encode(), (digest(key) for key in keys)):
         raise ApiKeyError("the session's API key is no longer valid: log in again")
     return remembered[:12]
 
