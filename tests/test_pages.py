@@ -163,6 +163,7 @@ def test_the_dashboard_counts_a_demo_page_opening_and_closing(start_gateway, pag
     assert admin.inner_text("#redis").startswith("ok")
     assert admin.inner_text("#lease") == gateway.node
     assert admin.inner_text("#listeners") == "1 of 1"
+    admin.wait_for_selector("#backlog >> text=/^\\d+ · \\d+$/")  # counted by the lease holder
     row = admin.inner_text("#workers tbody tr")
     assert gateway.node in row and "holds it" in row and "subscribed" in row
     assert admin.query_selector_all("#chart polyline")
