@@ -240,10 +240,11 @@ class Client:
 
     def __init__(self, url: str, transports: tuple[str, ...] = ("websocket",),
                  chat_ack: Callable[[list], Any] = len, connect: bool = True,
-                 auth: dict | None = None) -> None:
+                 auth: dict | None = None, headers: dict | None = None) -> None:
         self.url = url
         self.transports = list(transports)
         self.auth = auth
+        self.headers = headers or {}
         self.chat_ack = chat_ack
         self.events = Mailbox()
         self.sio = socketio.Client(reconnection=False)
@@ -266,7 +267,8 @@ class Client:
         return record
 
     def connect(self) -> "Client":
-        self.sio.connect(self.url, transports=self.transports, wait_timeout=WAIT, auth=self.auth)
+        self.sio.connect(self.url, transports=self.transports, wait_timeout=WAIT, auth=self.auth,
+                         headers=self.headers)
         return self
 
     def login(self, user: str, device: str = "dev-1", **extra: Any) -> Any:
