@@ -47,10 +47,10 @@ def require_binary(name: str, package: str) -> str:
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path:
         return path
-    reason = f"{LACKING} {name}: not on PATH nor in /usr/sbin (apt-get install {package})"
+    missing = f"{name}: not on PATH nor in /usr/sbin (apt-get install {package})"
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI=true, where every test must run", pytrace=False)
-    pytest.skip(reason)
+        pytest.fail(f"MISSING {missing}; on CI (CI=true) every test must run", pytrace=False)
+    pytest.skip(f"{LACKING} {missing}")
 
 
 def uid(prefix: str = "u") -> str:
