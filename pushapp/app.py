@@ -13,6 +13,7 @@ from . import api, logs, payloads, web
 from .bridge import Bridge, node_name
 from .config import Config, ConfigError
 from .delivery import Delivery
+from .drain import Drain
 from .events import GatewayServer, Events
 from .manager import GatewayManager
 from .memory import MemoryReturn
@@ -31,6 +32,7 @@ class Gateway:
     delivery: Delivery
     router: Router
     bridge: Bridge
+    drain: Drain
 
     expiry_watch: gevent.Greenlet
     memory_watch: gevent.Greenlet
@@ -83,7 +85,9 @@ def create_app(config: Config | None = None) -> Flask:
     bridge = Bridge(config, store, router)
     bridge.start()
     app.extensions["pushapp"] = Gateway(
-        config, socketio, store, delivery, router, bridge, gevent.spawn(delivery.watch_expiries),
+        config, socketio, store, delivery, router, bridge,
+        Drain(config.drain_window, socketio.server, delivery, bridge),
+        gevent.spawn(delivery.watch_expiries),
         gevent.spawn(MemoryReturn(lambda: len(delivery.by_sid)).run))
     if config.auth_mode == "insecure":
         logging.getLogger(__name__).warning(

@@ -73,6 +73,7 @@ class Bridge:
         self.subscribed = False
         self.hearing = False
         self._leader_until = 0.0
+        self._yielding = False
         self._running = False
         self._greenlets: list[gevent.Greenlet] = []
 
@@ -97,6 +98,23 @@ class Bridge:
         except redis.RedisError as exc:
             log.warning("could not release lease/heartbeat on exit: %s", exc)
 
+    def hand_over(self, timeout: float) -> None:
+        """Let another worker take the business channels now rather than at the lease's
+        TTL: stop renewing the lease, leave the channels, handle whatever was heard before
+        Redis confirmed that, then drop the lease. This node's own signal channel and
+        heartbeat stay, so its sockets are still served while they are closed."""
+        self._yielding = True
+        deadline = time.monotonic() + timeout
+        while self.hearing and time.monotonic() < deadline:
+            gevent.sleep(0.02)
+        was_leader, self._leader_until = self.leader, 0.0
+        try:
+            if was_leader and self.store.drop_lease(self.node):
+                log.info("node %s handed the ingest lease over", self.node)
+        except redis.RedisError as exc:
+            log.warning("could not drop the ingest lease (it lapses in %gs): %s",
+                        self.config.lease_ttl, exc)
+
     def ready(self) -> bool:
         """Subscribed, and channel messages are being taken: by this node if it holds the
         ingest lease, else by the node that does."""
@@ -119,6 +137,8 @@ class Bridge:
     def _renew(self, ttl: float) -> None:
         started = time.monotonic()
         self.store.heartbeat(self.node, ttl)
+        if self._yielding:
+            return
         held = self.store.hold_lease(self.node, ttl)
         if not held:
             holder = self.store.lease_holder()
@@ -160,11 +180,18 @@ class Bridge:
         business = (self.config.channel_snschat, self.config.channel_notification)
         self.hearing = False
         while self._running:
-            if self.leader != self.hearing:
-                self.hearing = self.leader
-                (pubsub.subscribe if self.hearing else pubsub.unsubscribe)(*business)
-                log.info("listener %s %s", "subscribed to" if self.hearing else "left",
-                         ", ".join(business))
+            wanted = self.leader and not self._yielding
+            if wanted and not self.hearing:
+                pubsub.subscribe(*business)
+                self.hearing = True
+                log.info("listener subscribed to %s", ", ".join(business))
+            elif self.hearing and not wanted:
+                if not any(channel.encode() in pubsub.channels for channel in business):
+                    # Redis has confirmed: nothing more can come on them.
+                    self.hearing = False
+                    log.info("listener left %s", ", ".join(business))
+                elif not pubsub.pending_unsubscribe_channels:
+                    pubsub.unsubscribe(*business)
             message = pubsub.get_message(timeout=_LEASE_CHECK)
             if message is None:
                 continue

@@ -7,6 +7,7 @@ table in the README lists the same names.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from typing import Any, Callable
@@ -187,10 +188,10 @@ class Config:
         return f"{host}:{int(port) + self.instance}"
 
     @property
-    def graceful_timeout(self) -> float:
+    def graceful_timeout(self) -> int:
         """Seconds gunicorn gives a stopping worker: the drain window, and time for what is
-        in flight and for the clients' closing handshakes."""
-        return self.drain_window + DRAIN_MARGIN
+        in flight and for the clients' closing handshakes (gunicorn takes whole seconds)."""
+        return math.ceil(self.drain_window + DRAIN_MARGIN)
 
     @property
     def reserved_files(self) -> int:

@@ -208,11 +208,8 @@ class Delivery:
         return client_address(self.server.get_environ(sid) or {},
                               self.config.forwarded_allow_ips)
 
-    def disconnect_all(self) -> None:
-        """Say goodbye to every socket of this worker: it is stopping."""
-        log.info("disconnecting %d sockets: the worker is stopping", len(self.by_sid))
-        for sid in list(self.by_sid):
-            self.server.disconnect(sid)
+    def settle(self) -> None:
+        """Write the acks and unbinds still waiting for their tick: the worker is stopping."""
         self._acks.drain()
         self._unbinds.drain()
 

@@ -36,8 +36,8 @@ from engineio import socket as engineio_socket
 from gevent.monkey import get_original
 from gevent.socket import wait_write
 
-from .frames import (BINARY, CLOSE, NORMAL_CLOSURE, PING, PONG, TEXT, TRY_AGAIN_LATER,
-                     FrameError, FrameReader, close_frame, frame)
+from .frames import (BINARY, CLOSE, NORMAL_CLOSURE, PING, PONG, SERVICE_RESTART, TEXT,
+                     TRY_AGAIN_LATER, FrameError, FrameReader, close_frame, frame)
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,25 @@ class LeanSocket(engineio_socket.Socket):
         else:
             self._write(close_frame(NORMAL_CLOSURE))
             gevent.spawn_later(_CLOSE_WAIT, self._release)
+
+    def goodbye(self) -> None:
+        """Close the transport the way standard Socket.IO clients take as a lost connection,
+        so that they reconnect (a Socket.IO or Engine.IO close packet would tell them not
+        to). A websocket gets close code 1012 (service restart), and what the client sent
+        before it saw that (acks, say) is still handled until its own close frame comes
+        back; a long-polling session simply ends, and its next poll is refused."""
+        self.server.sockets.pop(self.sid, None)
+        if self._frames is None:
+            self.close(wait=False, abort=True, reason=self.server.reason.SERVER_DISCONNECT)
+            return
+        self._write(close_frame(SERVICE_RESTART, "server restarting"))
+        self._silent = True  # nothing may follow a close frame
+        gevent.spawn_later(_CLOSE_WAIT, self._give_up_waiting)
+
+    def _give_up_waiting(self) -> None:
+        """The client did not answer a goodbye in time: end as if it had."""
+        if not self._peer_gone:
+            self._peer_ends()
 
     def _websocket_handler(self, ws: Any) -> list:
         """``ws`` is python-engineio's wrapper around gevent-websocket's ``WebSocket``."""

@@ -19,8 +19,12 @@ def monitor() -> Response:
 @CATALOG.route(bp, "GET", "/health/ready", answers={200: Ready, 503: Ready}, public=True)
 def ready() -> tuple[Response, int]:
     """Readiness: 200 once Redis answers, the listener is subscribed and a worker holds
-    the ingest lease; 503 with the reason otherwise."""
-    bridge = current_app.extensions["pushapp"].bridge
+    the ingest lease; 503 with the reason otherwise, and from the moment the worker
+    begins to stop, so that a load balancer sends no one new to it."""
+    gateway = current_app.extensions["pushapp"]
+    if gateway.drain.started:
+        return jsonify(ready=False, reason="draining: this worker is stopping"), 503
+    bridge = gateway.bridge
     try:
         is_ready = bridge.ready()
     except Exception as exc:  # any Redis failure means not ready

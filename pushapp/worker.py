@@ -10,20 +10,25 @@ Once a websocket is set up, pushapp.transport takes the connection over and the 
 ends: the bound applies to the frames read while a long-polling client upgrades, and
 pushapp.frames bounds the rest.
 
-On SIGTERM gunicorn waits ``graceful_timeout`` for open requests, and a websocket never
-ends by itself: the worker disconnects its clients at once, so that they reconnect to a
-worker that stays (a new one, on a restart) instead of waiting to be cut off.
+A worker stops gracefully on SIGTERM (gunicorn's stop, and its graceful reload on SIGHUP)
+and after ``max_requests`` HTTP requests (gunicorn's setting, which gevent's server
+otherwise ignores): its HTTP server turns new Engine.IO sessions away with 503, and the
+gateway drains its clients (pushapp.drain) before the process exits.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qs
 
-import gevent
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import WebSocket
 
 from .config import Config
+
+# Seconds of the graceful timeout kept for the worker's own exit (Redis goodbyes).
+_EXIT_MARGIN = 1.0
 
 
 def _bounded(read: Callable[[int], bytes], limit: int) -> Callable[[int], bytes]:
@@ -33,6 +38,20 @@ def _bounded(read: Callable[[int], bytes], limit: int) -> Callable[[int], bytes]
         return read(count)
 
     return read_frame_payload
+
+
+def _new_session(environ: dict) -> bool:
+    """Whether a request opens an Engine.IO session (its first request has no sid)."""
+    return (environ.get("PATH_INFO", "").startswith("/socket.io")
+            and "sid" not in parse_qs(environ.get("QUERY_STRING", "")))
+
+
+def _turned_away(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """A WSGI answer for a client that reached a stopping worker: come back in a moment,
+    to another worker (Socket.IO clients retry with backoff)."""
+    start_response("503 Service Unavailable", [
+        ("Content-Type", "text/plain"), ("Retry-After", "1"), ("Connection", "close")])
+    return [b"this worker is stopping; connect again"]
 
 
 class _NoApp:
@@ -50,7 +69,22 @@ class QuietWebSocket(WebSocket):
 
 
 class BoundedWebSocketHandler(WebSocketHandler):
+    """Each HTTP request, websocket handshakes included: counted for ``max_requests``,
+    turned away if it opens a session while the worker stops, and bounded in frame size
+    if it becomes a websocket. ``worker`` is set in each worker process."""
+
     max_frame_bytes = Config.from_env().max_frame_bytes
+    worker: "GatewayWorker | None" = None
+
+    def run_application(self) -> Any:
+        worker = self.worker
+        if worker is not None:
+            worker.count_request()
+            if not worker.alive and _new_session(self.environ):
+                self.result = _turned_away(self.environ, self.start_response)
+                self.process_result()
+                return None
+        return super().run_application()
 
     def upgrade_connection(self) -> Any:
         result = super().upgrade_connection()
@@ -63,9 +97,48 @@ class BoundedWebSocketHandler(WebSocketHandler):
 
 class GatewayWorker(GeventWebSocketWorker):
     wsgi_handler = BoundedWebSocketHandler
+    _stopping_since = 0.0
+
+    def init_process(self) -> None:
+        BoundedWebSocketHandler.worker = self
+        super().init_process()
+
+    def count_request(self) -> None:
+        """gunicorn's ``max_requests``: a worker that served that many requests drains and
+        is replaced, as gunicorn's other workers are."""
+        self.nr += 1
+        if self.nr >= self.max_requests and self.alive:
+            self.stop(f"max_requests, after {self.nr} requests")
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        super().handle_exit(sig, frame)
-        gateway = getattr(self.wsgi, "extensions", {}).get("pushapp")
+        self.stop("SIGTERM")
+
+    def stop(self, why: str) -> None:
+        """Stop gracefully: the gevent worker's loop stops accepting within a second, the
+        gateway drains its clients now."""
+        if self.alive:
+            self.alive = False
+            self._stopping_since = time.monotonic()
+        gateway = self._gateway()
         if gateway is not None:
-            gevent.spawn(gateway.delivery.disconnect_all)
+            gateway.drain.start(why)
+
+    def run(self) -> None:
+        """gevent's worker loop, which returns once no request is in progress, then the
+        rest of the drain, within gunicorn's graceful timeout."""
+        super().run()
+        gateway = self._gateway()
+        if gateway is None:
+            return
+        if not self._stopping_since:  # alive was cleared elsewhere (gunicorn itself)
+            self._stopping_since = time.monotonic()
+        gateway.drain.start("worker exiting")
+        deadline = self._stopping_since + self.cfg.graceful_timeout - _EXIT_MARGIN
+        while not gateway.drain.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                self.log.warning("drain unfinished at the graceful timeout; exiting")
+                return
+            self.notify()
+
+    def _gateway(self) -> Any:
+        return getattr(self.wsgi, "extensions", {}).get("pushapp")

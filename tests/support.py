@@ -109,8 +109,9 @@ class Gateway:
     """pushapp under gunicorn, as deployed: ``gunicorn -c gunicorn.conf.py wsgi:app``."""
 
     def __init__(self, redis_server: EmbeddedRedis, log_path: Path, open_files: int = 0,
-                 **env: Any) -> None:
+                 args: tuple[str, ...] = (), **env: Any) -> None:
         self.open_files = open_files
+        self.args = args
         self.redis_server = redis_server
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -132,7 +133,8 @@ class Gateway:
     def start(self) -> "Gateway":
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"],
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), *self.args,
+             "wsgi:app"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=self._limit_open_files if self.open_files else None,
         )

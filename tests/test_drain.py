@@ -1,0 +1,242 @@
+"""A deploy keeps its users: a worker that stops (SIGTERM, gunicorn's graceful reload,
+``max_requests``) or dies (SIGKILL) leaves clients that reconnect by themselves to the
+worker gunicorn starts next, log in again and get every stored message, none lost.
+
+The clients are python-socketio's own, with reconnection on, over websocket, long-polling
+and polling upgraded to websocket, against one gunicorn without a proxy. A business
+server publishes stored notifications all along (retrying while no gateway hears them, as
+docs/delivery.md asks).
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import pytest
+import socketio
+
+from support import Gateway, uid, wait_for
+
+pytestmark = pytest.mark.deployment
+
+WINDOW = 1.0
+# Reconnect backoff of the clients: python-socketio's 1 s doubling to 5 s, randomised.
+BACKOFF = 5.0
+TRANSPORTS = (["websocket"], ["polling"], ["polling", "websocket"])
+
+
+class Fleet:
+    """Clients that log in again on every connect and ack every notification, recording
+    what they were sent and why they were disconnected."""
+
+    def __init__(self, gateway: Gateway, count: int,
+                 transports: tuple[list[str], ...] = TRANSPORTS) -> None:
+        self.gateway = gateway
+        self.users = [uid("drain") for _ in range(count)]
+        self.received: dict[str, list[dict]] = {user: [] for user in self.users}
+        self.logins: Counter[str] = Counter()
+        self.reasons: list[Any] = []
+        self.last_login: dict[str, float] = {}
+        self.clients = [self._client(user, transports[i % len(transports)])
+                        for i, user in enumerate(self.users)]
+
+    def _client(self, user: str, transports: list[str]) -> socketio.Client:
+        client = socketio.Client(reconnection=True, reconnection_delay_max=BACKOFF)
+
+        def logged_in(answer: Any) -> None:
+            if answer == 1:
+                self.logins[user] += 1
+                self.last_login[user] = time.monotonic()
+
+        client.on("connect", lambda: client.emit(
+            "login", {"myAuraId": user, "deviceId": "d"}, callback=logged_in))
+        client.on("disconnect", lambda reason=None: self.reasons.append(reason))
+
+        def notified(data: str) -> int:
+            self.received[user].append(json.loads(data))
+            return 1
+
+        client.on("notification", notified)
+        client.connect(self.gateway.url, transports=transports, wait_timeout=10)
+        return client
+
+    def all_logged_in(self, times: int) -> bool:
+        return all(self.logins[user] >= times for user in self.users)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.disconnect()
+
+
+class Publisher:
+    """A business server publishing a stored notification to one of the users every few
+    milliseconds until stopped, each with its own number ``n``: on the ``notification``
+    channel (again while no gateway hears it), or, with ``durable``, into the inbox
+    stream, the way in that survives a worker killed while it holds a message."""
+
+    def __init__(self, gateway: Gateway, users: list[str], durable: bool = False) -> None:
+        self.gateway = gateway
+        self.users = users
+        self.durable = durable
+        self.sent: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            user = self.users[n % len(self.users)]
+            message = {"toWho": [user], "needStore": True, "n": n}
+            if self.durable:
+                self.gateway.redis.xadd(self.gateway.key("inbox"), {
+                    "channel": "notification", "data": json.dumps(message)})
+            else:
+                self.gateway.publish("notification", message)
+            self.sent[n] = user
+            n += 1
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def _survives(gateway: Gateway, blow: Callable[[], None], count: int = 30,
+              transports: tuple[list[str], ...] = TRANSPORTS, durable: bool = False) -> dict:
+    """Run ``blow`` under traffic; then every client is back and logged in on the new
+    worker, every notification published was delivered (again only with the same id,
+    or, from the inbox after a kill, as a second stored copy) and acked. Returns what was
+    measured."""
+    fleet = Fleet(gateway, count, transports)
+    try:
+        wait_for(lambda: fleet.all_logged_in(1), what="every client to log in")
+        publisher = Publisher(gateway, fleet.users, durable)
+        time.sleep(0.5)
+        old_node = gateway.wait_ready()["node"]
+        struck = time.monotonic()
+        blow()
+        wait_for(lambda: fleet.all_logged_in(2), timeout=WINDOW + 5 + 2 * BACKOFF,
+                 what="every client to come back and log in again")
+        back = max(fleet.last_login.values()) - struck
+        time.sleep(0.5)
+        publisher.stop()
+        new_node = gateway.wait_ready()["node"]
+        assert new_node != old_node
+        assert all(gateway.presence(user)[0] == new_node for user in fleet.users)
+
+        def delivered() -> bool:
+            return all(any(m["n"] == n for m in fleet.received[user])
+                       for n, user in publisher.sent.items())
+
+        wait_for(delivered, timeout=20, what="every published notification to arrive")
+        wait_for(lambda: all(gateway.pending("notif", user) == [] for user in fleet.users),
+                 what="every notification to be acked and removed")
+        mids: dict[int, set[str]] = {}
+        for messages in fleet.received.values():
+            for message in messages:
+                mids.setdefault(message["n"], set()).add(message["mid"])
+        # An inbox entry stored by a worker killed before it acked the entry is stored
+        # again by the next (docs/delivery.md): a second copy, with an id of its own.
+        assert all(len(ids) <= (2 if durable else 1) for ids in mids.values()), \
+            "a message came with more ids than the delivery promise allows"
+        receipts = sum(len(messages) for messages in fleet.received.values())
+        figures = {"clients": count, "published": len(publisher.sent), "lost": 0,
+                   "duplicates": receipts - len(publisher.sent),
+                   "back_in_s": round(back, 2), "reasons": sorted(set(map(str, fleet.reasons)))}
+        print(f"\n{blow.__name__}: {figures}")
+        # At least once: only what was sent and not yet acked at the goodbye comes again.
+        assert figures["duplicates"] <= count
+        assert socketio.Client.reason.SERVER_DISCONNECT not in fleet.reasons
+        return figures
+    finally:
+        fleet.close()
+
+
+def test_sigterm_of_the_worker_drains_and_clients_come_back(start_gateway):
+    gateway = start_gateway(DRAIN_WINDOW=WINDOW)
+
+    def sigterm_worker() -> None:
+        os.kill(gateway.worker_pid(), signal.SIGTERM)
+
+    _survives(gateway, sigterm_worker)
+    log = gateway.log_text()
+    assert "worker stopping (SIGTERM)" in log and "handed the ingest lease over" in log
+    assert "Traceback" not in log
+
+
+def test_graceful_reload_drains_and_clients_come_back(start_gateway):
+    gateway = start_gateway(DRAIN_WINDOW=WINDOW)
+
+    def sighup_gunicorn() -> None:
+        gateway.process.send_signal(signal.SIGHUP)
+
+    _survives(gateway, sighup_gunicorn)
+    assert "Traceback" not in gateway.log_text()
+
+
+def test_sigkill_of_the_worker_loses_nothing(start_gateway):
+    gateway = start_gateway(DRAIN_WINDOW=WINDOW)
+
+    def sigkill_worker() -> None:
+        os.kill(gateway.worker_pid(), signal.SIGKILL)
+
+    # A PUBLISH heard by the killed worker and not yet stored is lost (docs/delivery.md):
+    # business servers that must lose nothing write to the inbox stream.
+    _survives(gateway, sigkill_worker, durable=True)
+
+
+def test_a_worker_at_max_requests_drains_and_is_replaced(start_gateway):
+    """gunicorn's ``--max-requests`` counts every HTTP request (the clients here are on
+    websocket: their handshakes are the only requests they make)."""
+    gateway = start_gateway(DRAIN_WINDOW=WINDOW, args=("--max-requests", "300"))
+
+    def requests_until_replaced() -> None:
+        session = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
+        try:
+            for _ in range(300):
+                session.request("GET", "/monitor")
+                session.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            pass  # the worker stopped: its connections close
+        session.close()
+
+    _survives(gateway, requests_until_replaced, count=12, transports=(["websocket"],))
+    assert "worker stopping (max_requests, after 300 requests)" in gateway.log_text()
+
+
+def test_a_stopping_worker_says_so_and_turns_new_sessions_away(start_gateway):
+    """Readiness fails at once; a request that still reaches the worker (on a keep-alive
+    connection, as a proxy's are) to open a session gets 503, not a session that is then
+    dropped; a client connected before keeps being served until its goodbye."""
+    gateway = start_gateway(DRAIN_WINDOW=4)
+    clients = [gateway.client() for _ in range(40)]
+    user = uid()
+    clients[-1].login(user)
+    kept = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
+    kept.request("GET", "/monitor")
+    assert kept.getresponse().read() == b"OK"
+    os.kill(gateway.worker_pid(), signal.SIGTERM)
+    time.sleep(0.2)
+    kept.request("GET", "/health/ready")
+    answer = kept.getresponse()
+    assert (answer.status, json.loads(answer.read())["reason"]) == (
+        503, "draining: this worker is stopping")
+    kept.request("GET", "/socket.io/?EIO=4&transport=polling")
+    answer = kept.getresponse()
+    assert (answer.status, answer.getheader("Retry-After")) == (503, "1")
+    assert answer.read() == b"this worker is stopping; connect again"
+    kept.close()
+    closed = sum(not client.sio.connected for client in clients)
+    assert closed < len(clients), "every client was dropped at once, not over the window"
+    wait_for(lambda: all(not client.sio.connected for client in clients), timeout=10,
+             what="the drain to close every client")
+    assert all(client.expect("disconnect") is None for client in clients)
+    for client in clients:
+        client.close()
