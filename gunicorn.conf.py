@@ -5,7 +5,6 @@ an embedded redis-server before the workers and stops it after them, and gives t
 workers a directory for their metrics files.
 """
 import gc
-import math
 import os
 import resource
 import shutil
@@ -30,8 +29,7 @@ workers = _config.workers
 # handshake; pushapp.transport then takes the connection over (docs/deployment.md).
 worker_class = "pushapp.worker.GatewayWorker"
 # A stopping worker closes its clients over DRAIN_WINDOW (pushapp.drain), then exits.
-# gunicorn takes whole seconds (a float is refused at start).
-graceful_timeout = math.ceil(_config.graceful_timeout)
+graceful_timeout = _config.graceful_timeout
 timeout = 30
 accesslog = None
 # gunicorn's control socket lives in one fixed path per user; several gateways on one
