@@ -43,6 +43,8 @@ DRAIN_WINDOW = 2.0
 BACKOFF_MAX = 5 * 1.5
 # Seconds nginx skips an instance that refused a connection (deploy/nginx/pushapp.conf).
 FAIL_TIMEOUT = 2
+# Shorter than the default (60 s), for the reason in PollingClients.
+PING_INTERVAL = 10
 NGINX_CONF = ROOT / "deploy" / "nginx" / "pushapp.conf"
 # The instances' ports in the shipped file: BIND's default port, + INSTANCE.
 SHIPPED_PORT = 5000
@@ -148,7 +150,8 @@ def topology(tmp_path_factory: pytest.TempPathFactory, start_redis) -> Iterator[
     binary = require_binary("nginx", "nginx-light")
     folder = tmp_path_factory.mktemp("topology")
     supervisor = Supervisor(folder, start_redis(), INSTANCES, CHAT_FILTER="direct",
-                            DRAIN_WINDOW=DRAIN_WINDOW)
+                            DRAIN_WINDOW=DRAIN_WINDOW, PING_INTERVAL=PING_INTERVAL,
+                            PING_TIMEOUT=5)
     nginx = Nginx(binary, folder / "nginx", supervisor.port)
     try:
         supervisor.start()
@@ -162,7 +165,10 @@ def topology(tmp_path_factory: pytest.TempPathFactory, start_redis) -> Iterator[
 class Fleet(abc.ABC):
     """Clients of one kind; client ``c`` is ``users[c]`` connecting from ``addresses[c]``.
     What they report is kept as lines (dicts in tests/js/swarm.mjs's format: ``type``,
-    client ``c``, its connection count ``n``, time ``t`` in ms since the epoch)."""
+    client ``c``, its connection count ``n``, time ``t`` in ms since the epoch).
+    ``unnoticed`` is how long a client of this kind may take to notice a lost session."""
+
+    unnoticed = 0.0
 
     def __init__(self, users: list[str], addresses: list[str]) -> None:
         self.users = users
@@ -184,10 +190,12 @@ class Fleet(abc.ABC):
             return [line for line in self.lines if line["type"] in types]
 
     def stragglers(self) -> dict[int, list[dict]]:
-        """The clients not logged in now, with their last lines."""
+        """The clients not logged in now, with their last connection lines."""
+        kinds = ("connect", "connect_error", "login", "disconnect")
         with self._lock:
             out = [c for c in range(len(self.users)) if not self.logged_in.get(c)]
-            return {c: [line for line in self.lines if line.get("c") == c][-6:] for c in out}
+            return {c: [line for line in self.lines
+                        if line.get("c") == c and line["type"] in kinds][-6:] for c in out}
 
     def all_logged_in(self) -> bool:
         with self._lock:
@@ -261,7 +269,14 @@ class SourceAddress(requests.adapters.HTTPAdapter):
 
 class PollingClients(Fleet):
     """python-socketio clients on long-polling only, reconnecting with the library's
-    defaults, each a browser page of the site nginx serves (its Origin)."""
+    defaults, each a browser page of the site nginx serves (its Origin).
+
+    When a POST of theirs is refused (nginx sent it to the client's own instance, back
+    from a restart, which does not know the session held by the instance it had failed
+    over to), python-engineio (4.15) stops only its writer: the client notices when its
+    pending poll is answered, by a message or the next ping, then reconnects."""
+
+    unnoticed = float(PING_INTERVAL)
 
     def __init__(self, url: str, users: list[str], addresses: list[str]) -> None:
         super().__init__(users, addresses)
@@ -487,13 +502,14 @@ def spread(topology: Topology, fleet: Fleet) -> Counter[int]:
 def restart(topology: Topology, fleet: Fleet, target: str, others_stay_up: bool) -> dict:
     """``supervisorctl restart target`` while the fleet works; the figures. Every client it
     cut off is told nothing that stops it from reconnecting, and logs in again within the
-    command's time (the drain, the exit, the start) and one retry: its backoff, and
-    nginx's fail_timeout if every instance was down. When ``others_stay_up`` each client
-    is back within its backoff of being cut off."""
+    command's time (the drain, the exit, the start) and one retry: its backoff, nginx's
+    fail_timeout if every instance was down, and the time clients of its kind may take to
+    notice (``Fleet.unnoticed``). When ``others_stay_up`` each client is back within its
+    backoff of being cut off."""
     started = time.time() * 1000
     topology.supervisor.ctl("restart", target)
     took = (time.time() * 1000 - started) / 1000
-    bound = took + BACKOFF_MAX + FAIL_TIMEOUT + 1
+    bound = took + BACKOFF_MAX + FAIL_TIMEOUT + fleet.unnoticed + 1
     cut = {line["c"] for line in fleet.of("disconnect") if line["t"] > started}
     back = settle(fleet.all_logged_in, timeout=bound + 5)
     outages = _outages(fleet, started)
