@@ -5,6 +5,7 @@ import os
 import struct
 from pathlib import Path
 
+import pytest
 import requests
 import websocket
 
@@ -17,6 +18,7 @@ def _monitor(url: str) -> bool:
         return False
 
 
+@pytest.mark.deployment
 def test_supervisor_program_runs_one_gateway_per_instance(tmp_path: Path, start_redis):
     """PUSHAPP_INSTANCES=2: two gunicorns with a worker each, on BIND's port and the next;
     stopping the group stops both within the drain (no SIGKILL)."""
