@@ -213,17 +213,15 @@ class Fleet(abc.ABC):
 
 class Swarm(Fleet):
     """socket.io-client sockets with the client's defaults, all in one node process
-    (tests/js/swarm.mjs)."""
+    (tests/js/swarm.mjs; what it writes on stderr goes to the test's)."""
 
     def __init__(self, node: str, url: str, users: list[str], addresses: list[str]) -> None:
         super().__init__(users, addresses)
         self.process = subprocess.Popen(
             [node, str(JS_DIR / "swarm.mjs"), url], cwd=JS_DIR, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-        self.errors: list[str] = []
+            stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._stdin = threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=lambda: self.errors.extend(self.process.stderr),
-                         daemon=True).start()
         self._send({"op": "add", "clients": [{"user": user, "address": address}
                                              for user, address in zip(users, addresses)]})
 
@@ -232,8 +230,9 @@ class Swarm(Fleet):
             self.record(json.loads(line))
 
     def _send(self, command: dict) -> None:
-        self.process.stdin.write(json.dumps(command) + "\n")
-        self.process.stdin.flush()
+        with self._stdin:
+            self.process.stdin.write(json.dumps(command) + "\n")
+            self.process.stdin.flush()
 
     def chat(self, c: int, to: str, key: str) -> None:
         self._send({"op": "chat", "c": c, "to": to, "key": key})
