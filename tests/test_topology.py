@@ -502,13 +502,14 @@ def restart(topology: Topology, fleet: Fleet, target: str, others_stay_up: bool)
     """``supervisorctl restart target`` while the fleet works; the figures. Every client it
     cut off is told nothing that stops it from reconnecting, and logs in again within the
     command's time (the drain, the exit, the start) and one retry: its backoff, nginx's
-    fail_timeout if every instance was down, and the time clients of its kind may take to
-    notice (``Fleet.unnoticed``). When ``others_stay_up`` each client is back within its
-    backoff of being cut off."""
+    fail_timeout if every instance was down, the time clients of its kind may take to
+    notice (``Fleet.unnoticed``), and 3 s for the reconnection itself while every client
+    reconnects. When ``others_stay_up`` each client is back within its backoff of being
+    cut off."""
     started = time.time() * 1000
     topology.supervisor.ctl("restart", target)
     took = (time.time() * 1000 - started) / 1000
-    bound = took + BACKOFF_MAX + FAIL_TIMEOUT + fleet.unnoticed + 1
+    bound = took + BACKOFF_MAX + FAIL_TIMEOUT + fleet.unnoticed + 3
     cut = {line["c"] for line in fleet.of("disconnect") if line["t"] > started}
     back = settle(fleet.all_logged_in, timeout=bound + 5)
     outages = _outages(fleet, started)
