@@ -309,7 +309,8 @@ class Supervisor:
 
     def states(self) -> dict[str, str]:
         """Each process's state, by name (``pushapp:pushapp-0``: ``RUNNING``)."""
-        return dict(line.split()[:2] for line in self.ctl("status").splitlines() if line.strip())
+        return dict(line.split()[:2] for line in self.ctl("status").splitlines()
+                    if len(line.split()) >= 2)
 
     def node(self, instance: int) -> str | None:
         """The node name (host:worker pid) of an instance that is ready, else None."""
