@@ -28,6 +28,7 @@ from werkzeug.routing import BaseConverter
 
 from . import auth, metrics, payloads
 from .config import Config
+from .delivery import client_address
 from .idempotency import Earlier, Idempotency
 from .openapi import CATALOG
 from .routing import Router
@@ -111,14 +112,21 @@ def _authenticate_and_limit() -> None:
     else:
         def check() -> str:
             return auth.client_of(keys, authorization)
+    address = caller_address()
     try:
-        g.api_client = _api().guard.admit(request.remote_addr or "", check)
+        g.api_client = _api().guard.admit(address, check)
     except auth.TooManyGuesses as exc:
         raise ApiError(429, str(exc), retry_after=exc.retry_after) from None
     except auth.ApiKeyError as exc:
         log.warning("API call refused: %s %s from %s: %s", request.method, request.path,
-                    request.remote_addr, exc)
+                    address, exc)
         raise ApiError(401, str(exc)) from None
+
+
+def caller_address() -> str:
+    """The request's client: the peer, or the address a trusted proxy names
+    (``FORWARDED_ALLOW_IPS``), which is what wrong keys are counted by."""
+    return client_address(request.environ, _api().config.forwarded_allow_ips)
 
 
 @bp.errorhandler(ApiError)

@@ -20,7 +20,7 @@ from flask import (Blueprint, Flask, Response, abort, current_app, redirect,
 from flask.sessions import SecureCookieSessionInterface
 
 from . import auth, vendor
-from .api import SESSION_FIELD, SESSION_HEADER
+from .api import SESSION_FIELD, SESSION_HEADER, caller_address
 from .config import Config
 
 log = logging.getLogger(__name__)
@@ -119,12 +119,13 @@ def admin_login() -> Response | tuple[str, int]:
     the API) and keep its digest in the session."""
     key = request.form.get("key", "").strip()
     keys = _config().api_keys
+    address = caller_address()
     try:
-        _guard().admit(request.remote_addr or "", lambda: auth.client_of(keys, f"Bearer {key}"))
+        _guard().admit(address, lambda: auth.client_of(keys, f"Bearer {key}"))
     except auth.TooManyGuesses as exc:
         return render_template("admin_login.html", error=str(exc)), 429
     except auth.ApiKeyError as exc:
-        log.warning("admin login refused from %s: %s", request.remote_addr, exc)
+        log.warning("admin login refused from %s: %s", address, exc)
         return render_template("admin_login.html", error=str(exc)), 401
     session.clear()
     session[SESSION_FIELD] = auth.digest(key)

@@ -2,40 +2,23 @@
 
 Playwright's own browser download cannot be used (it fetches a build from its CDN), so the
 Chromium of the machine is launched: Debian's ``chromium`` package (.ci/run installs it on
-CI). Where it is missing the browser tests are skipped with a reason that says so, and fail
-when ``CI=true``. Every page a test opens records its console errors and the requests it
-makes, so a test can assert that nothing failed and nothing left the gateway's origin.
+CI). Where it is missing the browser tests are skipped, counted at the end of the run, and
+fail when ``CI=true`` (support.require_binary). Every page a test opens records its console
+errors and the requests it makes, so a test can assert that nothing failed and nothing left
+the gateway's origin.
 """
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
-
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-# The reason of a skip for a missing browser starts with this (as other missing programs').
-LACKING = "SKIPPED FOR LACK OF"
 # PUSHAPP_SCREENSHOTS=docs bin/test -m browser writes the docs' screenshots there.
 SCREENSHOTS = os.environ.get("PUSHAPP_SCREENSHOTS", "")
-
-
-def chromium() -> str:
-    """The system Chromium's path; skipped where it is missing, failed on CI."""
-    found = (os.environ.get("CHROMIUM") or shutil.which("chromium")
-             or shutil.which("chromium-browser"))
-    if found:
-        return found
-    reason = (f"{LACKING} chromium: no Chromium on PATH for the browser tests "
-              "(apt-get install chromium, or set CHROMIUM)")
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI=true, where every test must run", pytrace=False)
-    pytest.skip(reason)
 
 
 class Page:
