@@ -17,6 +17,7 @@ gateway drains its clients (pushapp.drain) before the process exits.
 """
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
@@ -46,6 +47,16 @@ def _new_session(environ: dict) -> bool:
             and "sid" not in parse_qs(environ.get("QUERY_STRING", "")))
 
 
+def _closing(start_response: Callable[..., Any]) -> Callable[..., Any]:
+    """``start_response`` that ends the connection after this answer: a client keeping it
+    alive would send its next request to a worker that is stopping."""
+    def start(status: str, headers: list, exc_info: Any = None) -> Any:
+        headers = [(name, value) for name, value in headers if name.lower() != "connection"]
+        return start_response(status, [*headers, ("Connection", "close")], exc_info)
+
+    return start
+
+
 def _turned_away(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
     """A WSGI answer for a client that reached a stopping worker: come back in a moment,
     to another worker (Socket.IO clients retry with backoff)."""
@@ -70,20 +81,34 @@ class QuietWebSocket(WebSocket):
 
 class BoundedWebSocketHandler(WebSocketHandler):
     """Each HTTP request, websocket handshakes included: counted for ``max_requests``,
-    turned away if it opens a session while the worker stops, and bounded in frame size
-    if it becomes a websocket. ``worker`` is set in each worker process."""
+    turned away if it opens a session while the worker stops (and its connection closed
+    after the answer), and bounded in frame size if it becomes a websocket. ``worker`` is
+    set in each worker process."""
 
     max_frame_bytes = Config.from_env().max_frame_bytes
     worker: "GatewayWorker | None" = None
+
+    def read_requestline(self) -> Any:
+        """Wait for a connection's next request, known to the worker as idle meanwhile."""
+        idle = self.worker.idle if self.worker is not None else None
+        if idle is None:
+            return super().read_requestline()
+        idle.add(self)
+        try:
+            return super().read_requestline()
+        finally:
+            idle.discard(self)
 
     def run_application(self) -> Any:
         worker = self.worker
         if worker is not None:
             worker.count_request()
-            if not worker.alive and _new_session(self.environ):
-                self.result = _turned_away(self.environ, self.start_response)
-                self.process_result()
-                return None
+            if not worker.alive:
+                self.start_response = _closing(self.start_response)
+                if _new_session(self.environ):
+                    self.result = _turned_away(self.environ, self.start_response)
+                    self.process_result()
+                    return None
         return super().run_application()
 
     def upgrade_connection(self) -> Any:
@@ -96,10 +121,15 @@ class BoundedWebSocketHandler(WebSocketHandler):
 
 
 class GatewayWorker(GeventWebSocketWorker):
+    """``idle``: the handlers of kept-alive connections waiting for their next request,
+    which a stopping worker closes at once rather than wait for them until its graceful
+    timeout (and then cut off whatever request had just come in on them)."""
+
     wsgi_handler = BoundedWebSocketHandler
     _stopping_since = 0.0
 
     def init_process(self) -> None:
+        self.idle: set[BoundedWebSocketHandler] = set()
         BoundedWebSocketHandler.worker = self
         super().init_process()
 
@@ -119,6 +149,11 @@ class GatewayWorker(GeventWebSocketWorker):
         if self.alive:
             self.alive = False
             self._stopping_since = time.monotonic()
+        for handler in list(self.idle):
+            try:
+                handler.socket.shutdown(socket.SHUT_RDWR)
+            except (AttributeError, OSError):
+                pass  # closed meanwhile
         gateway = self._gateway()
         if gateway is not None:
             gateway.drain.start(why)

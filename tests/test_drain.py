@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -152,6 +153,8 @@ def _survives(gateway: Gateway, blow: Callable[[], None], count: int = 30,
                    "duplicates": receipts - len(publisher.sent),
                    "back_in_s": round(back, 2), "reasons": sorted(set(map(str, fleet.reasons)))}
         print(f"\n{blow.__name__}: {figures}")
+        # Nothing held the worker back: no request was cut off at the graceful timeout.
+        assert "Worker graceful timeout" not in gateway.log_text()
         # At least once: only what was sent and not yet acked at the goodbye comes again.
         assert figures["duplicates"] <= count
         assert socketio.Client.reason.SERVER_DISCONNECT not in fleet.reasons
@@ -212,28 +215,43 @@ def test_a_worker_at_max_requests_drains_and_is_replaced(start_gateway):
     assert "worker stopping (max_requests, after 300 requests)" in gateway.log_text()
 
 
+def _begun(port: int, path: str) -> socket.socket:
+    """A request whose first line is sent, the rest to follow: under way in the worker."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(f"GET {path} HTTP/1.1\r\n".encode())
+    return sock
+
+
+def _finish(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    sock.sendall(b"Host: x\r\n\r\n")
+    answer = http.client.HTTPResponse(sock)
+    answer.begin()
+    return (answer.status, {name.lower(): value for name, value in answer.getheaders()},
+            answer.read())
+
+
 def test_a_stopping_worker_says_so_and_turns_new_sessions_away(start_gateway):
-    """Readiness fails at once; a request that still reaches the worker (on a keep-alive
-    connection, as a proxy's are) to open a session gets 503, not a session that is then
-    dropped; a client connected before keeps being served until its goodbye."""
+    """Readiness fails at once; a request that reaches the worker while it stops (one under
+    way, as a proxy's may be) to open a session gets 503, not a session that is then
+    dropped, and its connection is closed; an idle kept-alive connection is closed at
+    once; a client connected before keeps being served until its goodbye."""
     gateway = start_gateway(DRAIN_WINDOW=4)
     clients = [gateway.client() for _ in range(40)]
-    user = uid()
-    clients[-1].login(user)
-    kept = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
-    kept.request("GET", "/monitor")
-    assert kept.getresponse().read() == b"OK"
+    clients[-1].login(uid())
+    idle = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
+    idle.request("GET", "/monitor")
+    assert idle.getresponse().read() == b"OK"
+    readiness = _begun(gateway.port, "/health/ready")
+    handshake = _begun(gateway.port, "/socket.io/?EIO=4&transport=polling")
+    time.sleep(0.2)
     os.kill(gateway.worker_pid(), signal.SIGTERM)
     time.sleep(0.2)
-    kept.request("GET", "/health/ready")
-    answer = kept.getresponse()
-    assert (answer.status, json.loads(answer.read())["reason"]) == (
-        503, "draining: this worker is stopping")
-    kept.request("GET", "/socket.io/?EIO=4&transport=polling")
-    answer = kept.getresponse()
-    assert (answer.status, answer.getheader("Retry-After")) == (503, "1")
-    assert answer.read() == b"this worker is stopping; connect again"
-    kept.close()
+    status, headers, body = _finish(readiness)
+    assert (status, json.loads(body)["reason"]) == (503, "draining: this worker is stopping")
+    status, headers, body = _finish(handshake)
+    assert (status, headers["retry-after"], headers["connection"]) == (503, "1", "close")
+    assert body == b"this worker is stopping; connect again"
+    assert idle.sock.recv(1) == b"", "the idle kept-alive connection is still open"
     closed = sum(not client.sio.connected for client in clients)
     assert closed < len(clients) / 2, "the clients were not closed over the window"
     wait_for(lambda: all(not client.sio.connected for client in clients), timeout=10,
@@ -241,6 +259,9 @@ def test_a_stopping_worker_says_so_and_turns_new_sessions_away(start_gateway):
     assert all(client.expect("disconnect") is None for client in clients)
     for client in clients:
         client.close()
+    for sock in (readiness, handshake):
+        sock.close()
+    idle.close()
 
 
 def test_socket_io_client_comes_back_from_every_stop(start_gateway, node):
@@ -266,6 +287,7 @@ def test_socket_io_client_comes_back_from_every_stop(start_gateway, node):
         wait_for(lambda: back_since(moment), timeout=WINDOW + 5 + 2 * BACKOFF,
                  what=f"every client back after {blow.__name__}")
         assert gateway.wait_ready()["node"] != old
+        assert "Worker graceful timeout" not in gateway.log_text()
 
     def sigterm_worker() -> None:
         os.kill(gateway.worker_pid(), signal.SIGTERM)
