@@ -41,9 +41,9 @@ class Conn:
 
     __slots__ = ("sid", "user", "device", "claims", "expires", "chat_cursor", "notif_cursor",
                  "busy", "dirty", "unacked_chats", "unacked_notifs", "resend_at", "push_at",
-                 "closed", "tokens", "stamp", "strikes")
+                 "closed")
 
-    def __init__(self, sid: str, burst: int) -> None:
+    def __init__(self, sid: str) -> None:
         self.sid = sid
         self.user: str | None = None
         self.device = ""
@@ -58,9 +58,6 @@ class Conn:
         self.resend_at = math.inf
         self.push_at = math.inf
         self.closed = False
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-        self.strikes = 0
 
 
 class Delivery:
@@ -79,7 +76,7 @@ class Delivery:
         self._ack_watch = AckWatch(config.ack_timeout, config.push_delay, self._resend, self.push)
 
     def connect(self, sid: str) -> Conn:
-        conn = self.by_sid[sid] = Conn(sid, self.config.rate_burst)
+        conn = self.by_sid[sid] = Conn(sid)
         return conn
 
     def login(self, sid: str, who: Identity, userinfo: bytes, address: str,

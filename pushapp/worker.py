@@ -17,8 +17,9 @@ gateway drains its clients (pushapp.drain) before the process exits.
 """
 from __future__ import annotations
 
+import ipaddress
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 from urllib.parse import parse_qs
 
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
@@ -27,6 +28,11 @@ from geventwebsocket.websocket import WebSocket
 
 from .config import Config
 
+if TYPE_CHECKING:
+    from .limits import Limits
+
+# The environ key of the client's address (see BoundedWebSocketHandler.client).
+CLIENT_ADDRESS = "pushapp.client_address"
 # Seconds of the graceful timeout kept for the worker's own exit (Redis goodbyes).
 _EXIT_MARGIN = 1.0
 
@@ -68,13 +74,49 @@ class QuietWebSocket(WebSocket):
     current_app = _NoApp()
 
 
+class Proxies:
+    """The proxies whose ``X-Forwarded-For`` names the client (``FORWARDED_ALLOW_IPS``:
+    addresses or networks, or ``*`` for any)."""
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        self.anyone = "*" in allowed
+        self.networks = [ipaddress.ip_network(item, strict=False)
+                         for item in allowed if item != "*"]
+
+    def trust(self, peer: str) -> bool:
+        if self.anyone:
+            return True
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+
 class BoundedWebSocketHandler(WebSocketHandler):
     """Each HTTP request, websocket handshakes included: counted for ``max_requests``,
     turned away if it opens a session while the worker stops, and bounded in frame size
     if it becomes a websocket. ``worker`` is set in each worker process."""
 
-    max_frame_bytes = Config.from_env().max_frame_bytes
+    _config = Config.from_env()
+    max_frame_bytes = _config.max_frame_bytes
+    proxies = Proxies(_config.forwarded_allow_ips)
     worker: "GatewayWorker | None" = None
+    limits: "Limits | None" = None
+
+    def get_environ(self) -> dict:
+        """The request, with the client's address (``CLIENT_ADDRESS``)."""
+        environ = super().get_environ()
+        environ[CLIENT_ADDRESS] = self.client(environ)
+        return environ
+
+    def client(self, environ: dict) -> str:
+        """The client's address: the peer's, or behind a trusted proxy the last
+        ``X-Forwarded-For`` entry (the one that proxy wrote; earlier ones come from the
+        client and may be forged)."""
+        peer = environ.get("REMOTE_ADDR", "")
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR", "").rpartition(",")[2].strip()
+        return forwarded if forwarded and self.proxies.trust(peer) else peer
 
     def run_application(self) -> Any:
         worker = self.worker
@@ -102,6 +144,12 @@ class GatewayWorker(GeventWebSocketWorker):
     def init_process(self) -> None:
         BoundedWebSocketHandler.worker = self
         super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        gateway = self._gateway()
+        if gateway is not None:
+            BoundedWebSocketHandler.limits = gateway.limits
 
     def count_request(self) -> None:
         """gunicorn's ``max_requests``: a worker that served that many requests drains and
