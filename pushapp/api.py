@@ -113,6 +113,23 @@ def _http_error(error: HTTPException) -> tuple[Response, int]:
     return _api_error(ApiError(error.code or 500, error.description or error.name))
 
 
+def serves(path: str) -> bool:
+    """Whether ``path`` is under the API's prefix."""
+    return path == bp.url_prefix or path.startswith(bp.url_prefix + "/")
+
+
+def no_route(error: HTTPException) -> tuple[Response, int]:
+    """A path under the API that no route has (404), or a method its route does not take
+    (405), as JSON (pushapp.web hands these over: Flask finds no blueprint for them)."""
+    if error.code == 405:
+        allowed = ", ".join(getattr(error, "valid_methods", None) or ())
+        answer, status = _api_error(ApiError(405, f"{request.method} is not allowed on "
+                                                  f"{request.path}; allowed: {allowed}"))
+        answer.headers["Allow"] = allowed
+        return answer, status
+    return _api_error(ApiError(404, f"no such path: {request.path}"))
+
+
 @bp.errorhandler(redis.RedisError)
 def _redis_error(error: redis.RedisError) -> tuple[Response, int]:
     log.error("%s %s failed, Redis unavailable: %s", request.method, request.path, error)
