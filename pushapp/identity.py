@@ -44,6 +44,7 @@ _REASONS: list[tuple[type[Exception], str]] = [
     (jwt.InvalidIssuerError, "wrong issuer"),
     (jwt.InvalidAlgorithmError, "algorithm not allowed"),
     (jwt.ImmatureSignatureError, "token not yet valid"),
+    (jwt.exceptions.InvalidSubjectError, "sub must be a string"),
 ]
 
 
