@@ -122,7 +122,7 @@ def no_route(error: HTTPException) -> tuple[Response, int]:
     """A path under the API that no route has (404), or a method its route does not take
     (405), as JSON (pushapp.web hands these over: Flask finds no blueprint for them)."""
     if error.code == 405:
-        allowed = ", ".join(getattr(error, "valid_methods", None) or ())
+        allowed = ", ".join(sorted(getattr(error, "valid_methods", None) or ()))
         answer, status = _api_error(ApiError(405, f"{request.method} is not allowed on "
                                                   f"{request.path}; allowed: {allowed}"))
         answer.headers["Allow"] = allowed

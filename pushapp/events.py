@@ -125,6 +125,8 @@ class GatewayServer(socketio.Server):
             self._send_packet(eio_sid, self.packet_class(
                 packet.CONNECT_ERROR, data={"message": reason}, namespace=pkt.namespace))
         if abuse:
+            self.limits.errors.report("abuse", None, "eio_sid=%s address=%s: cut off: event "
+                                      "flood", eio_sid, sock.address)
             sock.cut_off(POLICY_VIOLATION, "event flood")
 
     def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):  # noqa: A002

@@ -76,8 +76,9 @@ class ClientErrors:
     worker fewer than ``per_window``. After a window in which lines were left out, one
     line says how many.
 
-    A connection keeps its budget in ``log_window`` and ``logged``; errors of no
-    connection (an HTTP request's) count against the worker's budget only.
+    A connection keeps its budget in ``log_window`` and ``logged``. Errors reported
+    without one count against the worker's budget only: an HTTP request's, and the line
+    that says a connection is cut off, which its earlier lines must not hide.
     """
 
     def __init__(self, per_connection: int = 3, per_window: int = 50,

@@ -180,7 +180,7 @@ class LeanSocket(engineio_socket.Socket):
         limits.errors.report(reason, self, "eio_sid=%s address=%s: %s: %.100r", self.sid,
                              self.address, what, data)
         if verdict is Verdict.ABUSE:
-            limits.errors.report("abuse", self, "eio_sid=%s address=%s: cut off after %d bad "
+            limits.errors.report("abuse", None, "eio_sid=%s address=%s: cut off after %d bad "
                                  "packets in a row", self.sid, self.address, self.strikes)
             self.cut_off(POLICY_VIOLATION, "too many bad packets")
 
@@ -189,7 +189,7 @@ class LeanSocket(engineio_socket.Socket):
         Socket.IO BINARY_EVENT or BINARY_ACK): the protocol has none, and a binary packet
         announces attachments that python-socketio would buffer without bound. The
         connection is cut off."""
-        self.server.limits.errors.report("binary", self, "eio_sid=%s address=%s: cut off: "
+        self.server.limits.errors.report("binary", None, "eio_sid=%s address=%s: cut off: "
                                          "binary data", self.sid, self.address)
         self.cut_off(UNSUPPORTED_DATA, "binary data is not accepted")
 
@@ -550,7 +550,7 @@ class LeanEngineServer(engineio_server.Server):
         """``LOGIN_TIMEOUT`` after the socket opened or left its namespace: it is closed
         unless it is logged in."""
         if not self.logged_in(sock.sid):
-            self.limits.errors.report("login_timeout", sock, "eio_sid=%s address=%s: cut off: "
+            self.limits.errors.report("login_timeout", None, "eio_sid=%s address=%s: cut off: "
                                       "not logged in within LOGIN_TIMEOUT", sock.sid,
                                       sock.address, level=logging.INFO)
             sock.cut_off(POLICY_VIOLATION, "not logged in")
