@@ -70,6 +70,7 @@ def create_app(config: Config | None = None) -> Flask:
         ping_timeout=config.ping_timeout,
         max_http_buffer_size=config.max_frame_bytes,
         cors_allowed_origins=config.cors_allowed_origins,
+        transports=list(config.transports),
         logger=False,
         engineio_logger=False,
     )

@@ -20,7 +20,12 @@ DRAIN_MARGIN = 5.0
 
 
 class ConfigError(ValueError):
-    """A setting has a value pushapp cannot use; the message names the variable."""
+    """Settings pushapp cannot use: one message per problem, each naming its variable, so
+    that an operator fixes them all in one go."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -67,8 +72,11 @@ def _origins(text: str) -> list[str] | str:
     return "*" if text.strip() == "*" else list(_list(text))
 
 
-def _field(env: str, default: Any, parse: Callable[[str], Any] = str) -> Any:
-    return dataclasses.field(default=default, metadata={"env": env, "parse": parse})
+def _field(env: str, default: Any, parse: Callable[[str], Any] = str,
+           secret: bool = False) -> Any:
+    """A setting read from ``env``; a ``secret`` one is never printed (pushapp check-config)."""
+    return dataclasses.field(default=default,
+                             metadata={"env": env, "parse": parse, "secret": secret})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,15 +97,16 @@ class Config:
 
     chat_filter: str = _field("CHAT_FILTER", "external", _choice("external", "direct"))
     auth_mode: str = _field("AUTH_MODE", "jwt", _choice("jwt", "insecure"))
-    jwt_secret: str = _field("JWT_SECRET", "")
+    jwt_secret: str = _field("JWT_SECRET", "", secret=True)
     jwt_public_key_file: str = _field("JWT_PUBLIC_KEY_FILE", "")
     jwt_jwks_file: str = _field("JWT_JWKS_FILE", "")
     jwt_jwks_url: str = _field("JWT_JWKS_URL", "")
+    jwt_jwks_cooldown: float = _field("JWT_JWKS_COOLDOWN", 10.0, _not_negative(float))
     jwt_algorithms: tuple[str, ...] = _field("JWT_ALGORITHMS", (), _list)
     jwt_audience: str = _field("JWT_AUDIENCE", "")
     jwt_issuer: str = _field("JWT_ISSUER", "")
     jwt_leeway: float = _field("JWT_LEEWAY", 30.0, float)
-    api_keys: tuple[str, ...] = _field("API_KEYS", (), _list)
+    api_keys: tuple[str, ...] = _field("API_KEYS", (), _list, secret=True)
     rate_limit: float = _field("RATE_LIMIT", 20.0, _positive(float))
     rate_burst: int = _field("RATE_BURST", 40, _positive(int))
     rate_strikes: int = _field("RATE_STRIKES", 20, _positive(int))
@@ -141,16 +150,19 @@ class Config:
 
     log_format: str = _field("LOG_FORMAT", "plain", _choice("plain", "json"))
     metrics_dir: str = _field("METRICS_DIR", "")
-    metrics_token: str = _field("METRICS_TOKEN", "")
+    metrics_token: str = _field("METRICS_TOKEN", "", secret=True)
+    demo: str = _field("DEMO", "auto", _choice("auto", "0", "1"))
     api_max_body_bytes: int = _field("API_MAX_BODY_BYTES", 4_000_000, _positive(int))
     api_max_batch: int = _field("API_MAX_BATCH", 1000, _positive(int))
     idempotency_ttl: int = _field("IDEMPOTENCY_TTL", 24 * 3600, _positive(int))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
-        """Read every field from ``environ`` (default ``os.environ``); unset keeps the default."""
+        """Read every field from ``environ`` (default ``os.environ``); unset keeps the default.
+        Every value that does not parse is named in the one ``ConfigError`` raised."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        problems: list[str] = []
         for field in dataclasses.fields(cls):
             name = field.metadata["env"]
             raw = environ.get(name)
@@ -159,30 +171,56 @@ class Config:
             try:
                 values[field.name] = field.metadata["parse"](raw)
             except ValueError as exc:
-                raise ConfigError(f"{name}={raw!r}: {exc}") from None
+                problems.append(f"{name}={raw!r}: {exc}")
+        if problems:
+            raise ConfigError(*problems)
         values.update(overrides)
         return cls(**values)
 
     def __post_init__(self) -> None:
+        problems = self._problems()
+        if problems:
+            raise ConfigError(*problems)
+
+    def _problems(self) -> list[str]:
+        """What is wrong in settings that each parsed but do not work together."""
+        problems = []
         if self.auth_mode == "jwt" and not (
                 self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_file
                 or self.jwt_jwks_url):
-            raise ConfigError(
+            problems.append(
                 "AUTH_MODE=jwt (the default) needs a key to check login tokens: set JWT_SECRET "
                 "(HS256), JWT_PUBLIC_KEY_FILE (RS256/ES256 PEM), JWT_JWKS_FILE or JWT_JWKS_URL; "
                 "or set AUTH_MODE=insecure to trust the myAuraId clients send, as the seed did")
         if self.jwt_secret and len(self.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
-            raise ConfigError(
+            problems.append(
                 f"JWT_SECRET is {len(self.jwt_secret.encode())} bytes: an HS256 secret needs "
                 f"{MIN_JWT_SECRET_BYTES} or more, or it can be guessed offline from one token "
                 "(make one with: python3 -c 'import secrets; print(secrets.token_hex(32))')")
+        if self.jwt_jwks_url and not self.jwt_jwks_url.startswith(("https://", "http://")):
+            problems.append(
+                f"JWT_JWKS_URL={self.jwt_jwks_url!r}: expected an https:// (or http://) URL")
         if self.max_frame_bytes < self.max_event_bytes:
-            raise ConfigError("MAX_FRAME_BYTES must not be below MAX_EVENT_BYTES")
+            problems.append("MAX_FRAME_BYTES must not be below MAX_EVENT_BYTES")
         if self.instance:
             host, _, port = self.bind.rpartition(":")
             if not (host and port.isdigit()) or int(port) + self.instance > 65535:
-                raise ConfigError(f"INSTANCE={self.instance} needs BIND as host:port with room "
-                                  f"for port + INSTANCE, not {self.bind!r}")
+                problems.append(f"INSTANCE={self.instance} needs BIND as host:port with room "
+                                f"for port + INSTANCE, not {self.bind!r}")
+        return problems
+
+    def warnings(self) -> list[str]:
+        """Settings that work but are likely a mistake: said loudly at start (by gunicorn's
+        master, once) and by ``pushapp check-config``."""
+        warnings = []
+        if self.workers > 1 and "polling" in self.transports:
+            warnings.append(
+                f"WORKERS={self.workers} with TRANSPORTS allowing long-polling: every request "
+                "of a polling session must reach the worker that opened it, which one gunicorn "
+                "with several workers cannot promise (polling clients fail with 'Invalid "
+                "session'). Set TRANSPORTS=websocket, or run one worker per gunicorn instance "
+                "behind a load balancer with sticky sessions (docs/deployment.md)")
+        return warnings
 
     @property
     def listen(self) -> str:

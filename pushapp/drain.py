@@ -71,7 +71,7 @@ class Drain:
     def _run(self) -> None:
         started = time.monotonic()
         self.bridge.hand_over(_HAND_OVER)
-        closed = self._close_transports(started + self.window)
+        closed = self._close_transports(started, started + self.window)
         settle_by = time.monotonic() + _SETTLE
         while self.delivery.by_sid and time.monotonic() < settle_by:
             gevent.sleep(_TICK)
@@ -79,14 +79,21 @@ class Drain:
         log.info("drained in %.1fs: %d connections closed, %d still open", time.monotonic()
                  - started, closed, len(self.delivery.by_sid))
 
-    def _close_transports(self, deadline: float) -> int:
-        """Say goodbye to every socket, an even share each tick until ``deadline``; sockets
-        that connect meanwhile (before the HTTP server turned new ones away) too."""
+    def _close_transports(self, started: float, deadline: float) -> int:
+        """Say goodbye to every socket, evenly over the window: by each tick, the share
+        of the sockets there were at the start that the elapsed share of the window says.
+        Sockets that connect meanwhile (before the HTTP server turned new ones away) go
+        at the end of the window."""
         sockets = self.server.eio.sockets
+        total = len(sockets)
         closed = 0
         while sockets:
-            ticks_left = max(1.0, (deadline - time.monotonic()) / _TICK)
-            for sid in list(sockets)[:math.ceil(len(sockets) / ticks_left)]:
+            now = time.monotonic()
+            if now >= deadline:
+                due = len(sockets)
+            else:
+                due = math.ceil(total * (now - started) / (deadline - started)) - closed
+            for sid in list(sockets)[:max(0, due)]:
                 sock = sockets.get(sid)
                 if sock is None:
                     continue

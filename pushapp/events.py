@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import math
 import time
 from typing import Any, Callable
 
@@ -30,6 +31,8 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 EVENTS = ("login", "chat", "hb", "geo", "refresh")
+# Seconds between two warnings that client chats reach no filter server.
+UNHEARD_WARNING_INTERVAL = 60.0
 
 _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack", default=False)
 
@@ -143,6 +146,29 @@ def event_name(data: Any) -> str:
     return str(data[0])[:64] if isinstance(data, (list, tuple)) and data else "?"
 
 
+class Unheard:
+    """Client chats published on ``CHANNEL_CHAT_FILTER`` that no subscriber received: with
+    no filter server running they go nowhere, and the clients, acked, never know. Each is
+    counted (``pushapp_errors_total{reason="chat_filter_unheard"}``); a warning says how
+    many, at most once per ``UNHEARD_WARNING_INTERVAL``, so a chat flood is one line."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.count = 0
+        self.warned = -math.inf
+
+    def add(self) -> None:
+        metrics.ERRORS.labels("chat_filter_unheard").inc()
+        self.count += 1
+        now = time.monotonic()
+        if now - self.warned >= UNHEARD_WARNING_INTERVAL:
+            log.warning("%d chat(s) from clients reached no subscriber of %s and are lost "
+                        "(counted since the last such line, one a minute at most): is the "
+                        "filter server running? Without one, set CHAT_FILTER=direct",
+                        self.count, self.channel)
+            self.count, self.warned = 0, now
+
+
 class Events:
     def __init__(self, config: Config, store: Store, delivery: Delivery, router: Router,
                  server: GatewayServer) -> None:
@@ -154,6 +180,7 @@ class Events:
         self.errors = server.limits.errors
         self.auth = Authenticator(config)
         self.per_address: dict[str, int] = {}
+        self.unheard = Unheard(config.channel_chat_filter)
 
     def register(self) -> None:
         """Handlers go on python-socketio's server itself: Flask-SocketIO's own would build
@@ -300,8 +327,8 @@ class Events:
             raw = payloads.dumps(message)
         if self.config.chat_filter == "direct":
             self.router.chat(message, raw)
-        else:
-            self.store.publish(self.config.channel_chat_filter, raw)
+        elif not self.store.publish(self.config.channel_chat_filter, raw):
+            self.unheard.add()
         return 1
 
     def on_hb(self, sid: str, *args: Any) -> int:

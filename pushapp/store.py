@@ -301,7 +301,7 @@ class Store:
         self._unbind = client.register_script(_UNBIND)
         self._hold_lease = client.register_script(_HOLD_LEASE)
         self._drop_lease = client.register_script(_DROP_LEASE)
-        self._publishes: Collector[tuple[str, bytes | str], None] = Collector(self._publish_all)
+        self._publishes: Collector[tuple[str, bytes | str], int] = Collector(self._publish_all)
         self._logins = Collector(self._login_all, limit=200)
 
     def stream_key(self, kind: str, user: str) -> str:
@@ -442,14 +442,15 @@ class Store:
     def drop_lease(self, holder: str) -> bool:
         return bool(self._drop_lease(keys=[self.lease_key], args=[holder]))
 
-    def publish(self, channel: str, data: bytes | str) -> None:
+    def publish(self, channel: str, data: bytes | str) -> int:
         """Publish ``data``, in one round trip with the others asked for meanwhile (a chat
         flood sends thousands a second); returns once it is published, in the order asked,
-        and raises the RedisError a PUBLISH of its own would have."""
-        self._publishes.add((channel, data)).get()
+        with the number of subscribers that received it (0: it is lost), and raises the
+        RedisError a PUBLISH of its own would have."""
+        return self._publishes.call((channel, data))
 
-    def _publish_all(self, messages: list[tuple[str, bytes | str]]) -> None:
+    def _publish_all(self, messages: list[tuple[str, bytes | str]]) -> list[int]:
         with self.redis.pipeline(transaction=False) as pipe:
             for channel, data in messages:
                 pipe.publish(channel, data)
-            pipe.execute()
+            return pipe.execute()

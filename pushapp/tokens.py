@@ -1,4 +1,4 @@
-"""Mint a login token for testing: ``python -m pushapp.tokens USER``.
+"""Mint a login token for testing: ``pushapp token USER`` or ``python -m pushapp.tokens USER``.
 
 Business servers issue tokens in production; this does the same with the gateway's own
 settings (``JWT_SECRET``, ``JWT_AUDIENCE``, ``JWT_ISSUER``), or with a private key for
@@ -26,8 +26,9 @@ def mint(user: str, key: str, algorithm: str = "HS256", ttl: float = 3600,
     return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid} if kid else None)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pushapp.tokens", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m pushapp.tokens") -> None:
+    """Print a token for the user named in ``argv``; ``prog`` is how the usage names it."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("user")
     parser.add_argument("--ttl", type=float, default=3600, help="seconds (default 3600)")

@@ -51,6 +51,33 @@ def test_secure_mode_is_the_default_and_needs_a_key():
     assert Config.from_env({"JWT_SECRET": "s" * 32}).auth_mode == "jwt"
 
 
+@pytest.mark.parametrize("secret,size", [
+    ("s" * 31, 31),
+    ("\u00e9" * 15 + "x", 31),  # 16 characters, 31 bytes: the length that counts is in bytes
+    ("short", 5),
+])
+def test_a_jwt_secret_under_32_bytes_is_refused(secret, size):
+    with pytest.raises(ConfigError, match=f"JWT_SECRET is {size} bytes: an HS256 secret needs 32"):
+        Config.from_env({"JWT_SECRET": secret})
+
+
+@pytest.mark.parametrize("secret", ["s" * 32, "\u00e9" * 16])
+def test_a_jwt_secret_of_32_bytes_is_taken(secret):
+    assert Config.from_env({"JWT_SECRET": secret}).jwt_secret == secret
+
+
+def test_every_problem_is_named_at_once():
+    with pytest.raises(ConfigError) as unparsed:
+        Config.from_env({"AUTH_MODE": "insecure", "PUSH_DELAY": "soon", "LOG_LEVEL": "loud"})
+    assert [line.split(":")[0] for line in unparsed.value.problems] == [
+        "PUSH_DELAY='soon'", "LOG_LEVEL='loud'"]
+    with pytest.raises(ConfigError) as conflicting:
+        Config.from_env({"JWT_SECRET": "short", "MAX_EVENT_BYTES": "2048",
+                         "MAX_FRAME_BYTES": "1024", "JWT_JWKS_URL": "file:///etc/passwd"})
+    assert [line.split()[0] for line in conflicting.value.problems] == [
+        "JWT_SECRET", "JWT_JWKS_URL='file:///etc/passwd':", "MAX_FRAME_BYTES"]
+
+
 def test_readme_documents_every_variable():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [field.metadata["env"] for field in dataclasses.fields(Config)

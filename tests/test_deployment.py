@@ -1,7 +1,11 @@
-"""The shipped supervisord program runs the gateway, and stops it cleanly."""
+"""The shipped supervisord program and systemd unit run the gateway, and stop it cleanly."""
 from __future__ import annotations
 
+import math
 import os
+import shlex
+import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -11,6 +15,7 @@ import pytest
 import requests
 import websocket
 
+from pushapp.config import Config
 from pushapp.embedded_redis import free_port
 from support import ROOT, wait_for
 
@@ -64,6 +69,81 @@ def test_supervisor_program_serves_the_gateway(tmp_path: Path, start_redis):
     finally:
         subprocess.run([*ctl, "shutdown"], capture_output=True, timeout=30)
         supervisord.wait(30)
+
+
+UNIT = ROOT / "deploy" / "systemd" / "pushapp.service"
+CHECKOUT = "/srv/pushapp"  # where the unit expects the checkout
+
+
+def _unit_settings(text: str) -> dict[str, list[str]]:
+    """The unit's [Service] settings: name -> values, in order."""
+    settings: dict[str, list[str]] = {}
+    section = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            settings.setdefault(name, []).append(value)
+    return settings
+
+
+def _local_unit(tmp_path: Path, env_file: Path) -> Path:
+    """The unit with its paths pointing at this checkout and ``env_file``."""
+    text = UNIT.read_text().replace(CHECKOUT, str(ROOT))
+    text = text.replace("EnvironmentFile=/etc/pushapp/pushapp.env", f"EnvironmentFile={env_file}")
+    local = tmp_path / "pushapp.service"
+    local.write_text(text)
+    return local
+
+
+def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        message = "systemd-analyze is missing: the systemd unit is NOT verified"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (install systemd on CI)")
+        pytest.skip(message.upper())
+    env_file = tmp_path / "pushapp.env"
+    env_file.write_text("REDIS_URL=redis://127.0.0.1:6379/0\n")
+    verified = subprocess.run([analyze, "verify", _local_unit(tmp_path, env_file)],
+                              capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0 and not verified.stdout + verified.stderr, \
+        verified.stdout + verified.stderr
+
+
+def test_the_systemd_unit_keeps_its_promises():
+    settings = _unit_settings(UNIT.read_text())
+    assert settings["Restart"] == ["on-failure"]
+    assert settings["KillMode"] == ["mixed"]
+    assert int(settings["LimitNOFILE"][0]) >= 65536
+    assert settings["User"] != ["root"] and settings["EnvironmentFile"]
+    graceful = math.ceil(Config(auth_mode="insecure").graceful_timeout)
+    assert int(settings["TimeoutStopSec"][0]) >= graceful + 10, "leave the drain a margin"
+
+
+def test_the_systemd_units_command_serves_and_stops_on_sigterm(tmp_path: Path, start_redis):
+    """What systemd would run: ExecStart in WorkingDirectory, with Environment= and then
+    the EnvironmentFile's settings; SIGTERM to the main process (KillMode=mixed) stops
+    it well within TimeoutStopSec."""
+    port = free_port()
+    env_file = tmp_path / "pushapp.env"
+    env_file.write_text(f"REDIS_URL={start_redis().url}\nAUTH_MODE=insecure\n"
+                        f"BIND=127.0.0.1:{port}\n")
+    settings = _unit_settings(_local_unit(tmp_path, env_file).read_text())
+    env = {"PATH": os.environ["PATH"]}
+    for line in settings["Environment"] + env_file.read_text().splitlines():
+        name, _, value = line.partition("=")
+        env[name] = value
+    main = subprocess.Popen(shlex.split(settings["ExecStart"][0]),
+                            cwd=settings["WorkingDirectory"][0], env=env)
+    try:
+        wait_for(lambda: _monitor(f"http://127.0.0.1:{port}/monitor"), timeout=30,
+                 what="the gateway the unit starts")
+    finally:
+        main.send_signal(signal.SIGTERM)
+        assert main.wait(int(settings["TimeoutStopSec"][0])) == 0
 
 
 def test_sockets_never_take_the_files_redis_needs(start_gateway):

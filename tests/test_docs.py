@@ -1,5 +1,6 @@
-"""docs/http-api.md stays true: its curl commands run against a real gateway answer as
-shown, its Java program runs, and it and the OpenAPI document cover every route.
+"""The docs stay true: docs/http-api.md's curl commands run against a real gateway answer
+as shown, its Java program runs, and it and the OpenAPI document cover every route; the
+README's "Try it" chat runs against ``bin/serve`` as written.
 
 Java is required (a JDK 11 or newer, for single-file ``java File.java``): without it the
 Java test fails, it never skips.
@@ -10,14 +11,19 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import requests
 from flask import Flask
 
 from pushapp import api, web
 from pushapp.openapi import CATALOG
-from support import API_KEY, ROOT, Gateway, uid
+from pushapp.embedded_redis import free_port
+from support import API_KEY, ROOT, Gateway, uid, wait_for
 
 DOC = (ROOT / "docs" / "http-api.md").read_text()
 DOC_URL = "http://127.0.0.1:5000"
@@ -123,3 +129,49 @@ def test_the_docs_and_the_openapi_document_cover_every_route(gateway: Gateway):
         public = path in ("/monitor", "/health/ready", "/metrics", "/api/v1/openapi.json")
         for operation in item.values():
             assert operation["security"] == ([] if public else [{"bearerAuth": []}]), path
+
+
+def test_the_readmes_chat_runs_against_bin_serve(tmp_path: Path):
+    """bin/serve as a newcomer runs it (no key, no Redis, no CHAT_FILTER), on a free port
+    and with its data in a temporary folder, then the README's two clients."""
+    readme = (ROOT / "README.md").read_text()
+    try_it = readme.split("Try it:")[1].split("\n## ")[0]
+    blocks = _BLOCK.findall(try_it)
+    [(index, program)] = [(i, body) for i, (lang, body) in enumerate(blocks)
+                          if lang == "sh" and "<<'EOF'" in body]
+    script = program.split("<<'EOF'\n")[1].split("\nEOF\n")[0]
+    port = free_port()
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("AUTH_MODE", "CHAT_FILTER", "REDIS_URL") and not key.startswith("JWT_")}
+    env.update(BIND=f"127.0.0.1:{port}", PUSHAPP_DATA_DIR=str(tmp_path / "var"))
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        serve = subprocess.Popen([ROOT / "bin" / "serve"], cwd=ROOT, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+
+    def up() -> bool:
+        assert serve.poll() is None, log_path.read_text()
+        return _answers(f"http://127.0.0.1:{port}/monitor")
+
+    try:
+        wait_for(up, timeout=90, what="bin/serve to answer")
+        said = log_path.read_text()
+        assert "DEVELOPMENT MODE: no JWT key is set" in said
+        assert "DEVELOPMENT MODE: CHAT_FILTER=direct: chats from clients are delivered " \
+               "directly, as no filter server runs" in said
+        chatted = subprocess.run([sys.executable, "-"], capture_output=True, text=True,
+                                 input=script.replace(DOC_URL, f"http://127.0.0.1:{port}"),
+                                 timeout=60)
+        assert chatted.returncode == 0, chatted.stderr
+        assert chatted.stdout == blocks[index + 1][1]
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
+    assert "Traceback" not in log_path.read_text()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).text == "OK"
+    except requests.RequestException:
+        return False

@@ -234,7 +234,7 @@ def test_a_stopping_worker_says_so_and_turns_new_sessions_away(start_gateway):
     assert answer.read() == b"this worker is stopping; connect again"
     kept.close()
     closed = sum(not client.sio.connected for client in clients)
-    assert closed < len(clients), "every client was dropped at once, not over the window"
+    assert closed < len(clients) / 2, "the clients were not closed over the window"
     wait_for(lambda: all(not client.sio.connected for client in clients), timeout=10,
              what="the drain to close every client")
     assert all(client.expect("disconnect") is None for client in clients)

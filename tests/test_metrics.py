@@ -11,7 +11,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import Gateway, clients_on_workers, uid, wait_for
+from support import Gateway, Subscriber, clients_on_workers, uid, wait_for
 
 
 def scrape(gateway: Gateway) -> dict[tuple, float]:
@@ -131,3 +131,27 @@ def test_listener_reconnects_and_redis_errors_are_counted(fresh):
         fresh.redis_server.start()
     fresh.wait_ready()
     assert value(scrape(fresh), "pushapp_listener_reconnects_total") >= 1
+
+
+def test_chats_no_filter_server_hears_are_counted_and_warned_of_once(fresh):
+    unheard = "reached no subscriber of chat_filter_channel"
+    client = fresh.client()
+    filter_server = Subscriber(fresh.redis_server.url, "chat_filter_channel")
+    try:
+        client.login(uid())
+        assert client.call("chat", {"to": "bob", "n": 0}) == 1
+        filter_server.expect("chat_filter_channel", lambda m: m["n"] == 0)
+        filter_server.close()
+        wait_for(lambda: fresh.redis.pubsub_numsub("chat_filter_channel")[0][1] == 0,
+                 what="the filter server to be gone")
+        assert value(scrape(fresh), "pushapp_errors_total", reason="chat_filter_unheard") == 0
+        assert unheard not in fresh.log_text()
+
+        for n in range(1, 21):
+            assert client.call("chat", {"to": "bob", "n": n}) == 1
+        assert value(scrape(fresh), "pushapp_errors_total", reason="chat_filter_unheard") == 20
+        lines = [line for line in fresh.log_text().splitlines() if unheard in line]
+        assert len(lines) == 1, lines
+        assert "WARNING" in lines[0] and ": 1 chat(s) from clients" in lines[0]
+    finally:
+        client.close()

@@ -5,11 +5,15 @@ from a bystander's: a logged-in user whose traffic must be untouched.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import http.server
 import json
 import os
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import jwt
@@ -115,6 +119,7 @@ def test_login_without_a_token_is_refused(jwt_gateway, bystander):
     (lambda u: token(u, aud="another-service"), "wrong audience"),
     (lambda u: token(u, iss="someone-else"), "wrong issuer"),
     (lambda u: token(u, exp=None), "token lacks exp"),
+    (lambda u: token(42), "sub must be a string"),
     (lambda u: jwt.encode({"sub": u, "exp": time.time() + 60, "aud": AUDIENCE, "iss": ISSUER},
                           None, algorithm="none"), "algorithm not allowed"),
     (lambda u: "not.a.token", "invalid token"),
@@ -295,6 +300,142 @@ def test_jwks_keys_are_picked_by_kid(start_gateway, key_files):
         by_ec.close()
 
 
+class JwksEndpoint:
+    """An identity provider's JWKS endpoint on a loopback port, in a thread: serves the
+    keys it is given and counts the requests."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.body = b'{"keys": []}'
+        self.requests = 0
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                endpoint.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(endpoint.body)))
+                self.end_headers()
+                self.wfile.write(endpoint.body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/.well-known/jwks.json"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def serve(self, **keys) -> None:
+        """Publish these public keys (kid=private key) and no others."""
+        self.body = json.dumps({"keys": [_jwk(kid, key) for kid, key in keys.items()]}).encode()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _jwk(kid: str, private_key) -> dict:
+    algorithm = (jwt.algorithms.ECAlgorithm if isinstance(private_key, ec.EllipticCurvePrivateKey)
+                 else jwt.algorithms.RSAAlgorithm)
+    return {**json.loads(algorithm.to_jwk(private_key.public_key())), "kid": kid, "use": "sig"}
+
+
+def _hs256_by_hand(claims: dict, key: bytes, kid: str) -> str:
+    """An HS256 token signed with ``key`` (PyJWT refuses to sign with a public key, as
+    an attacker would not)."""
+    def part(data: dict) -> bytes:
+        return jwt.utils.base64url_encode(json.dumps(data).encode())
+
+    signed = part({"alg": "HS256", "typ": "JWT", "kid": kid}) + b"." + part(claims)
+    mac = hmac.new(key, signed, hashlib.sha256).digest()
+    return (signed + b"." + jwt.utils.base64url_encode(mac)).decode()
+
+
+@pytest.fixture
+def jwks_endpoint():
+    endpoint = JwksEndpoint()
+    yield endpoint
+    endpoint.close()
+
+
+def _login_with(gateway: Gateway, token: str) -> object:
+    """The ack of a login with ``token`` on a new socket."""
+    raw = gateway.raw()
+    try:
+        return raw.call("login", {"token": token, "deviceId": "d"})[0]
+    finally:
+        raw.close()
+
+
+def test_jwks_url_keys_rotate_without_a_restart(start_gateway, key_files, jwks_endpoint):
+    _, rsa_key, ec_key = key_files
+    jwks_endpoint.serve(k1=rsa_key)
+    gateway = start_gateway(AUTH_MODE="jwt", JWT_JWKS_URL=jwks_endpoint.url, JWT_JWKS_COOLDOWN=1)
+    assert _login_with(gateway, mint(uid(), _private_pem(rsa_key), "RS256", kid="k1")) == 1
+    public_pem = rsa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    as_hmac = _hs256_by_hand({"sub": uid(), "exp": int(time.time()) + 60}, public_pem, "k1")
+    unsigned = jwt.encode({"sub": uid(), "exp": time.time() + 60}, None, algorithm="none",
+                          headers={"kid": "k1"})
+    assert _login_with(gateway, as_hmac) == {"error": "algorithm not allowed"}
+    assert _login_with(gateway, unsigned) == {"error": "algorithm not allowed"}
+
+    jwks_endpoint.serve(k2=ec_key)  # the issuer rotates: k2 replaces k1
+    time.sleep(1.1)  # JWT_JWKS_COOLDOWN since the fetch at start
+    fetched = jwks_endpoint.requests
+    assert _login_with(gateway, mint(uid(), _private_pem(ec_key), "ES256", kid="k2")) == 1
+    assert jwks_endpoint.requests == fetched + 1
+    withdrawn = mint(uid(), _private_pem(rsa_key), "RS256", kid="k1")
+    assert _login_with(gateway, withdrawn) == {"error": "bad signature"}
+    gateway.assert_unharmed()
+
+
+def test_a_symmetric_key_in_a_jwks_is_never_used(start_gateway, key_files, jwks_endpoint):
+    _, rsa_key, _ = key_files
+    secret = b"a-secret-that-anyone-can-read-in-the-jwks"
+    oct_key = {"kty": "oct", "kid": "h1", "k": jwt.utils.base64url_encode(secret).decode()}
+    jwks_endpoint.body = json.dumps({"keys": [oct_key, _jwk("k1", rsa_key)]}).encode()
+    gateway = start_gateway(AUTH_MODE="jwt", JWT_JWKS_URL=jwks_endpoint.url)
+    forged = jwt.encode({"sub": uid(), "exp": time.time() + 60}, secret, algorithm="HS256",
+                        headers={"kid": "h1"})
+    assert _login_with(gateway, forged) == {"error": "bad signature"}
+    assert _login_with(gateway, mint(uid(), _private_pem(rsa_key), "RS256", kid="k1")) == 1
+
+
+def test_tokens_naming_unknown_kids_cause_few_fetches(start_gateway, key_files, jwks_endpoint):
+    _, rsa_key, _ = key_files
+    jwks_endpoint.serve(k1=rsa_key)
+    gateway = start_gateway(AUTH_MODE="jwt", JWT_JWKS_URL=jwks_endpoint.url, JWT_JWKS_COOLDOWN=3)
+    time.sleep(3)  # past the cooldown of the fetch at start
+    fetched, began = jwks_endpoint.requests, time.monotonic()
+    for n in range(60):
+        made_up = mint(uid(), _private_pem(rsa_key), "RS256", kid=f"random-{n}")
+        assert _login_with(gateway, made_up) == {"error": "bad signature"}
+    cooldowns = int((time.monotonic() - began) // 3)
+    assert 1 <= jwks_endpoint.requests - fetched <= 1 + cooldowns
+    assert _login_with(gateway, mint(uid(), _private_pem(rsa_key), "RS256", kid="k1")) == 1
+    gateway.assert_unharmed()
+
+
+def test_an_unreachable_jwks_url_refuses_logins_and_the_worker_lives_on(start_gateway, key_files):
+    _, rsa_key, _ = key_files
+    port = free_port()
+    gateway = start_gateway(AUTH_MODE="jwt", JWT_JWKS_COOLDOWN=1,
+                            JWT_JWKS_URL=f"http://127.0.0.1:{port}/jwks.json")
+    token = mint(uid(), _private_pem(rsa_key), "RS256", kid="k1")
+    assert _login_with(gateway, token) == {"error": "signing keys unavailable, try again later"}
+    assert "JWT_JWKS_URL http://127.0.0.1:" in gateway.log_text()
+    gateway.assert_unharmed()
+
+    endpoint = JwksEndpoint(port)  # the identity provider is back
+    try:
+        endpoint.serve(k1=rsa_key)
+        time.sleep(1.1)
+        assert _login_with(gateway, token) == 1
+    finally:
+        endpoint.close()
+
+
 def test_the_token_command_mints_a_working_token(jwt_gateway, bystander):
     user = uid()
     env = {**os.environ, "JWT_SECRET": SECRET, "JWT_AUDIENCE": AUDIENCE, "JWT_ISSUER": ISSUER}
@@ -307,15 +448,30 @@ def test_the_token_command_mints_a_working_token(jwt_gateway, bystander):
         client.close()
 
 
-def test_without_a_key_or_insecure_mode_the_gateway_refuses_to_start(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("AUTH_MODE", "JWT_SECRET", "JWT_PUBLIC_KEY_FILE", "JWT_JWKS_FILE")}
-    env.update(BIND=f"127.0.0.1:{free_port()}", REDIS_URL="redis://127.0.0.1:1/0")
+def _refused_start(**settings: str) -> str:
+    """Start gunicorn as deployed with these settings (and no other key or auth mode),
+    expecting it to exit at once, before any worker: returns what it wrote."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH_MODE", "JWT_"))}
+    env.update(BIND=f"127.0.0.1:{free_port()}", REDIS_URL="redis://127.0.0.1:1/0", **settings)
     started = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
                               "wsgi:app"], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=30)
     assert started.returncode != 0
-    assert "set JWT_SECRET" in started.stderr and "AUTH_MODE=insecure" in started.stderr
+    assert "Traceback" not in started.stderr and "Booting worker" not in started.stderr
+    return started.stderr
+
+
+def test_without_a_key_or_insecure_mode_the_gateway_refuses_to_start():
+    said = _refused_start()
+    assert "set JWT_SECRET" in said and "AUTH_MODE=insecure" in said
+
+
+def test_a_short_jwt_secret_stops_the_gateway_at_start_with_one_line():
+    said = _refused_start(JWT_SECRET="short")
+    assert said.splitlines() == [
+        "pushapp: JWT_SECRET is 5 bytes: an HS256 secret needs 32 or more, or it can be guessed "
+        "offline from one token (make one with: python3 -c 'import secrets; "
+        "print(secrets.token_hex(32))')"]
 
 
 def test_redis_with_a_password_is_reached_through_redis_url(tmp_path):

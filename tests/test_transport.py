@@ -1,5 +1,5 @@
 """The websocket transport (pushapp/transport.py): direct writes, one pinger per worker,
-the polling upgrade, and a client that stops reading."""
+the polling upgrade, a client that stops reading, and TRANSPORTS."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,10 @@ import time
 from typing import Any, Callable
 
 import pytest
+import socketio
 import websocket
 
-from support import WAIT, Gateway, uid, wait_for
+from support import WAIT, Client, Gateway, uid, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +106,30 @@ def test_a_client_that_stops_reading_is_cut_off_and_others_are_served(start_gate
         ws.close()
         healthy.close()
     gateway.assert_unharmed()
+
+
+POLLING_WARNING = "WORKERS=2 with TRANSPORTS allowing long-polling"
+
+
+def test_websocket_only_refuses_long_polling(start_gateway):
+    gateway = start_gateway(TRANSPORTS="websocket")
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        Client(gateway.url, transports=("polling",))
+    user = uid()
+    client = Client(gateway.url, transports=("websocket",))
+    try:
+        assert client.login(user) == 1
+        gateway.publish("snschat", {"from": "x", "to": user, "via": "websocket"})
+        assert json.loads(client.expect("chat"))[0]["via"] == "websocket"
+    finally:
+        client.close()
+
+
+def test_several_workers_with_polling_are_warned_of_at_start(start_gateway):
+    gateway = start_gateway(WORKERS=2)
+    warnings = [line for line in gateway.log_text().splitlines() if POLLING_WARNING in line]
+    assert len(warnings) == 1, warnings
+    assert "WARNING" in warnings[0] and "Set TRANSPORTS=websocket" in warnings[0]
+    websocket_only = start_gateway(WORKERS=2, TRANSPORTS="websocket")
+    assert "Booting worker" in websocket_only.log_text()
+    assert POLLING_WARNING not in websocket_only.log_text()
