@@ -10,6 +10,7 @@ import queue
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -392,6 +393,19 @@ class RawClient:
             self.ws.close()
         except (websocket.WebSocketException, OSError):
             pass
+
+
+def close_code(ws: websocket.WebSocket, timeout: float = WAIT) -> int | None:
+    """Read a raw websocket until the server closes it: the close code it sent (None: it
+    cut the connection without a close frame)."""
+    ws.settimeout(timeout)
+    try:
+        while True:
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+    except (websocket.WebSocketConnectionClosedException, ConnectionError):
+        return None
 
 
 def clients_on_workers(gateway: Gateway, workers: int = 2, burst: int = 10,

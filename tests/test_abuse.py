@@ -23,7 +23,7 @@ import pytest
 import requests
 import websocket
 
-from support import ROOT, WAIT, Gateway, uid, wait_for
+from support import ROOT, WAIT, Gateway, close_code, uid, wait_for
 
 HEADER_TIMEOUT = 3.0
 LOGIN_TIMEOUT = 3.0
@@ -69,18 +69,6 @@ def joined(gateway: Gateway, **kwargs) -> websocket.WebSocket:
     ws.send("40")
     assert ws.recv().startswith("40{")
     return ws
-
-
-def close_code(ws: websocket.WebSocket, timeout: float = WAIT) -> int | None:
-    """Read until the server closes; the close code it sent (None: no close frame)."""
-    ws.settimeout(timeout)
-    try:
-        while True:
-            opcode, data = ws.recv_data(control_frame=True)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
-    except (websocket.WebSocketConnectionClosedException, ConnectionError):
-        return None
 
 
 def log_lines(gateway: Gateway) -> int:

@@ -15,7 +15,6 @@ a traceback, and a bystander is served throughout.
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,7 +30,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                response_schema_conformance,
                                                status_code_conformance)
 
-from support import API_KEY, WAIT, Gateway, uid
+from support import API_KEY, WAIT, Gateway, close_code, uid
 
 EXAMPLES = 50
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -133,19 +132,8 @@ def test_no_packet_sequence_harms_the_gateway(fuzz_gateway, sequence):
         return  # closed already, for what came before
     if binary_sent:
         # 1003; 1008 if garbage before had already used up its strikes.
-        assert _close_code(ws) in (1003, 1008, None), "binary data must close the connection"
+        assert close_code(ws, timeout=2) in (1003, 1008, None), "binary data must close the connection"
     ws.close()
-
-
-def _close_code(ws: websocket.WebSocket) -> int | None:
-    ws.settimeout(2)
-    try:
-        while True:
-            opcode, data = ws.recv_data(control_frame=True)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
-    except (websocket.WebSocketConnectionClosedException, ConnectionError):
-        return None
 
 
 def test_a_bystander_is_served_after_the_fuzzing(fuzz_gateway):
