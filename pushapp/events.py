@@ -27,6 +27,7 @@ from .identity import AuthError, Authenticator
 from .limits import Limits, Verdict
 from .routing import Router
 from .store import Store
+from .transport import LeanSocket
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +102,17 @@ class GatewayServer(socketio.Server):
         except _UNDECODABLE as exc:
             sock.misbehaved("malformed_packet", f"unusable Socket.IO packet ({exc})", data)
 
-    def _client_ack(self, sock: Any, eio_sid: str, namespace: str, pkt: packet.Packet,
+    def _client_ack(self, sock: LeanSocket, eio_sid: str, namespace: str, pkt: packet.Packet,
                     data: str) -> None:
-        """An ack is free (the server asked for it), unless it answers nothing it sent."""
+        """An ack is free (the server asked for it), unless it answers nothing it sent. (Ack
+        ids start at 1: python-socketio keeps its id counter under 0.)"""
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        if pkt.id not in self.manager.callbacks.get(sid, ()):
+        if not pkt.id or pkt.id not in self.manager.callbacks.get(sid, ()):
             sock.misbehaved("bad_ack", "an ack of nothing sent", data)
             return
         self._handle_ack(eio_sid, namespace, pkt.id, pkt.data)
 
-    def _over_rate(self, sock: Any, eio_sid: str, pkt: packet.Packet, abuse: bool) -> None:
+    def _over_rate(self, sock: LeanSocket, eio_sid: str, pkt: packet.Packet, abuse: bool) -> None:
         """Refuse a packet over the connection's rate, with the reason; cut the connection
         off after ``RATE_STRIKES`` refusals in a row."""
         reason = f"rate limited: at most {self.limits.limiter.rate:g} events per second"

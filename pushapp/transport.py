@@ -37,10 +37,10 @@ from engineio import socket as engineio_socket
 from gevent.monkey import get_original
 from gevent.socket import wait_write
 
+from .config import Config
 from .frames import (BINARY, CLOSE, NORMAL_CLOSURE, PING, POLICY_VIOLATION, PONG,
                      SERVICE_RESTART, TEXT, TRY_AGAIN_LATER, UNSUPPORTED_DATA, FrameError,
                      FrameReader, close_frame, frame)
-from .config import Config
 from .limits import Limits, Verdict
 from .worker import CLIENT_ADDRESS
 
@@ -213,10 +213,17 @@ class LeanSocket(engineio_socket.Socket):
             self.receive(pkt)
 
     def receive(self, pkt: packet.Packet) -> None:
-        """An Engine.IO packet: binary data cuts the connection off; a type the client may
-        not send (python-engineio's UnknownPacketError) is a strike."""
+        """An Engine.IO packet: binary data cuts the connection off; a packet the client
+        may not send now is a strike: a type it never sends (python-engineio's
+        UnknownPacketError), a pong to no ping, an upgrade on a websocket (each would
+        cost work, an upgrade an answer, for nothing)."""
         if pkt.binary:
             self.refuse_binary()
+            return
+        if (pkt.packet_type == packet.PONG and not self.last_ping) or (
+                pkt.packet_type == packet.UPGRADE and self._frames is not None):
+            self.misbehaved("malformed_packet", "unexpected Engine.IO packet",
+                            pkt.packet_type)
             return
         try:
             super().receive(pkt)

@@ -329,6 +329,26 @@ def test_thousands_of_malformed_packets_close_the_socket_after_the_strikes(targe
     assert log_lines(target) - lines_before <= 4, target.log_tail(10)
 
 
+def test_acks_of_nothing_are_strikes_and_break_nothing(target, bystander):
+    """Ack 0 would have deleted python-socketio's ack counter (kept under id 0), and the
+    next delivery asking for an ack would have raised."""
+    user = uid()
+    ws = joined(target)
+    ws.send('420["login",{"myAuraId":"%s","deviceId":"d"}]' % user)
+    assert ws.recv() == "430[1]"
+    target.publish("snschat", {"from": "x", "to": user, "text": "first"})
+    assert ws.recv().startswith("421")  # a chat batch asking for ack 1, left unacked
+    counted = errors_counted(target, "bad_ack")
+    for ack in ("430[]", "4399[1]", "433"):
+        ws.send(ack)
+    target.publish("snschat", {"from": "x", "to": user, "text": "still delivered"})
+    frame = ws.recv()
+    assert frame.startswith("422") and "still delivered" in frame, frame
+    assert errors_counted(target, "bad_ack") - counted == 3
+    assert "Traceback" not in target.log_text()
+    ws.close()
+
+
 def test_errors_of_many_sockets_are_logged_up_to_a_bound_then_summed_up(target, bystander):
     lines_before = log_lines(target)
     sockets = [joined(target) for _ in range(40)]
