@@ -237,10 +237,12 @@ class Events:
                       level: int = logging.WARNING) -> None:
         """Count and (within the budgets of pushapp.limits.ClientErrors) log a client's
         mistake, with its sid and address."""
-        eio_sid = self.server.manager.eio_sid_from_sid(sid, "/")
-        self.errors.report(reason, self.server.eio.sockets.get(eio_sid),
-                           "sid=%s address=%s: " + message, sid, self.delivery.address(sid),
-                           *args, level=level)
+        self.errors.report(reason, self._socket(sid), "sid=%s address=%s: " + message, sid,
+                           self.delivery.address(sid), *args, level=level)
+
+    def _socket(self, sid: str) -> LeanSocket | None:
+        """The Engine.IO socket (the connection) of the namespace connection ``sid``."""
+        return self.server.eio.sockets.get(self.server.manager.eio_sid_from_sid(sid, "/"))
 
     def logged_in(self, eio_sid: str) -> bool:
         """Whether the Engine.IO socket ``eio_sid`` is logged in (pushapp.transport closes
@@ -277,14 +279,17 @@ class Events:
         metrics.CONNECTIONS.inc()
 
     def on_disconnect(self, sid: str, reason: Any = None) -> None:
-        """Uncount the address and forget the socket. If only the namespace was left (the
-        client's ``41``, a kick) and the connection stays open, it must log in again
-        within ``LOGIN_TIMEOUT``."""
-        eio = self.server.eio
-        eio_sid = self.server.manager.eio_sid_from_sid(sid, "/")
-        sock = eio.sockets.get(eio_sid)
-        if sock is not None and not (sock.closing or sock.closed):
-            eio.login_watch.add(eio_sid)
+        """Uncount the address and forget the socket; a logged-in user leaves its rate
+        bucket behind for its next login. If only the namespace was left (the client's
+        ``41``, a kick) and the connection stays open, it must log in again within
+        ``LOGIN_TIMEOUT``."""
+        sock = self._socket(sid)
+        conn = self.delivery.by_sid.get(sid)
+        if sock is not None:
+            if conn is not None and conn.user is not None:
+                self.server.limits.limiter.leave(conn.user, sock)
+            if not (sock.closing or sock.closed):
+                self.server.eio.login_watch.add(sock.sid)
         address = self.delivery.address(sid)
         left = self.per_address.get(address, 0) - 1
         if left > 0:
@@ -305,6 +310,9 @@ class Events:
         userinfo.setdefault("myAuraId", who.user)
         self.delivery.login(sid, who, payloads.dumps(userinfo), self.delivery.address(sid),
                             seen)
+        sock = self._socket(sid)
+        if sock is not None:
+            self.server.limits.limiter.join(who.user, sock)
         return 1
 
     def on_refresh(self, sid: str, *args: Any) -> int:

@@ -7,6 +7,7 @@ of the session (class defaults until it first sends something), the log budget t
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -33,12 +34,38 @@ class RateLimiter:
 
     The bucket is kept on the connection (``tokens``, ``stamp``, ``strikes``); one that
     never sent anything has ``stamp`` -inf, which fills its bucket at the first check.
+
+    It also follows a user from one connection to the next: a logged-in connection that
+    goes with its bucket not full leaves it behind for as long as refilling would take
+    (``RATE_BURST`` / ``RATE_LIMIT`` seconds), and the user's next login in this worker
+    takes it over, so that reconnecting buys no fresh burst.
     """
 
     def __init__(self, config: Config) -> None:
         self.rate = config.rate_limit
         self.burst = float(config.rate_burst)
         self.strikes = config.rate_strikes
+        self._left: dict[str, tuple[float, float, int]] = {}
+        self._left_until: collections.deque[tuple[float, str]] = collections.deque()
+
+    def leave(self, user: str, conn: Any) -> None:
+        """``user``'s connection ``conn`` goes: keep its bucket if it is not full."""
+        now = time.monotonic()
+        self._forget_refilled(now)
+        tokens = self._level(conn.tokens, conn.stamp, now)
+        if tokens < self.burst:
+            self._left[user] = (tokens, now, conn.strikes)
+            self._left_until.append((now + (self.burst - tokens) / self.rate, user))
+
+    def join(self, user: str, conn: Any) -> None:
+        """``user`` logged in on ``conn``: a bucket their last connection left behind
+        counts instead, if it holds less."""
+        now = time.monotonic()
+        self._forget_refilled(now)
+        left = self._left.pop(user, None)
+        if left is not None and (self._level(left[0], left[1], now)
+                                 < self._level(conn.tokens, conn.stamp, now)):
+            conn.tokens, conn.stamp, conn.strikes = left
 
     def check(self, conn: Any) -> Verdict:
         """A packet that asks for work (an event, a namespace connect or disconnect)."""
@@ -54,9 +81,13 @@ class RateLimiter:
         self._take(conn)
         return self._strike(conn)
 
+    def _level(self, tokens: float, stamp: float, now: float) -> float:
+        """The tokens of a bucket that held ``tokens`` at ``stamp``, refilled until now."""
+        return min(self.burst, tokens + (now - stamp) * self.rate)
+
     def _take(self, conn: Any) -> bool:
         now = time.monotonic()
-        tokens = min(self.burst, conn.tokens + (now - conn.stamp) * self.rate)
+        tokens = self._level(conn.tokens, conn.stamp, now)
         conn.stamp = now
         if tokens >= 1.0:
             conn.tokens = tokens - 1.0
@@ -67,6 +98,14 @@ class RateLimiter:
     def _strike(self, conn: Any) -> Verdict:
         conn.strikes += 1
         return Verdict.ABUSE if conn.strikes >= self.strikes else Verdict.LIMIT
+
+    def _forget_refilled(self, now: float) -> None:
+        """Drop the buckets left behind that have refilled: they would change nothing."""
+        while self._left_until and self._left_until[0][0] <= now:
+            user = self._left_until.popleft()[1]
+            left = self._left.get(user)
+            if left is not None and self._level(left[0], left[1], now) >= self.burst:
+                del self._left[user]
 
 
 class ClientErrors:

@@ -307,6 +307,28 @@ def test_rejoining_never_buys_more_than_the_rate(start_gateway):
     gateway.stop()
 
 
+def test_a_reconnecting_user_gets_no_fresh_burst(target, bystander):
+    """The bucket a logged-in connection leaves behind is the user's next login's."""
+    user = uid()
+
+    def burst() -> int:
+        """Log in as ``user`` and send ``hb`` until refused: how many were accepted."""
+        ws = joined(target)
+        ws.send('420["login",{"myAuraId":"%s","deviceId":"d"}]' % user)
+        assert ws.recv() == "430[1]"
+        accepted = 0
+        while True:
+            ws.send(f'42{accepted + 1}["hb"]')
+            if not ws.recv().endswith("[1]"):
+                break
+            accepted += 1
+        ws.close()
+        return accepted
+
+    assert burst() == RATE_BURST - 2  # the connect and the login took one each
+    assert burst() <= 1, "a reconnect must not refill the bucket"
+
+
 # -- 4. bad input is cheap ---------------------------------------------------------------------
 
 def test_thousands_of_malformed_packets_close_the_socket_after_the_strikes(target,
