@@ -173,8 +173,8 @@ class BoundedWebSocketHandler(WebSocketHandler):
         if self.proxies.trust(peer):
             return True
         if not limits.handshakes.enter(peer):
-            self._report("handshakes_per_ip", "closed a connection from %s: %d request heads "
-                         "from it are arriving already", peer, limits.handshakes.limit)
+            self._report("handshakes_per_ip", "closed a connection from %s: it has %d "
+                         "handshakes in progress already", peer, limits.handshakes.limit)
             return False
         self._counted = peer
         return True
@@ -232,7 +232,7 @@ class BoundedWebSocketHandler(WebSocketHandler):
 
     def _body_over_limit(self) -> bool:
         """A long-polling POST larger than ``MAX_FRAME_BYTES`` (python-engineio would read
-        it, then refuse it with a 400 and close the session, which could hang)."""
+        it whole, then answer 400)."""
         environ = self.environ
         return (environ.get("REQUEST_METHOD") == "POST"
                 and environ.get("PATH_INFO", "").startswith("/socket.io")
