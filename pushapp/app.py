@@ -9,7 +9,7 @@ import gevent
 from flask import Flask
 from flask_socketio import SocketIO
 
-from . import api, logs, payloads, web
+from . import api, logs, metrics, payloads, web
 from .bridge import Bridge, node_name
 from .config import Config, ConfigError
 from .delivery import Delivery
@@ -38,10 +38,12 @@ class Gateway:
 
     expiry_watch: gevent.Greenlet
     memory_watch: gevent.Greenlet
+    backlog_count: gevent.Greenlet
 
     def close(self) -> None:
         self.expiry_watch.kill(block=False)
         self.memory_watch.kill(block=False)
+        self.backlog_count.kill(block=False)
         self.socketio.server.eio.pinger.stop()
         self.socketio.server.eio.login_watch.stop()
         self.bridge.close()
@@ -95,7 +97,8 @@ def create_app(config: Config | None = None) -> Flask:
         config, socketio, store, delivery, router, bridge,
         Drain(config.drain_window, socketio.server, delivery, bridge), limits,
         gevent.spawn(delivery.watch_expiries),
-        gevent.spawn(MemoryReturn(lambda: len(delivery.by_sid)).run))
+        gevent.spawn(MemoryReturn(lambda: len(delivery.by_sid)).run),
+        gevent.spawn(metrics.BacklogCount(store, lambda: bridge.leader).run))
     if config.auth_mode == "insecure":
         logging.getLogger(__name__).warning(
             "AUTH_MODE=insecure: logins are trusted as sent (myAuraId), anyone can log in as "

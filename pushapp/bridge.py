@@ -1,11 +1,21 @@
-"""The worker's link to Redis pub/sub: one listener greenlet and one keepalive greenlet.
+"""The worker's link to Redis pub/sub: a reader, a handler and a keepalive greenlet.
 
-The listener takes business servers' channels and this node's own signal channel. It
-survives Redis restarts (reconnect with capped, jittered backoff, then resubscribe) and
-skips any message it cannot use with one log line, so no message can stop it. It takes
-every message waiting at once (up to ``_BATCH``) and stores a run of chats in one Lua call,
-with one delivery signal per node: under a flood it keeps up, where one round trip per
-message left it behind the sockets' greenlets.
+The reader takes business servers' channels and this node's own signal channel off the
+pub/sub connection as fast as Redis sends them, and does nothing else: a subscriber that
+falls behind makes Redis keep its backlog, and Redis drops the subscriber, with every
+message of that backlog, once it passes ``client-output-buffer-limit pubsub`` (32 MB by
+default), though each PUBLISH had answered 1. It refuses a business message over
+``MAX_CHANNEL_MESSAGE_BYTES`` (its connection never holds one whole: pushapp.capped) and
+queues the others, in the order heard, for the handler. The queue holds at most
+``capped.held_bytes`` (16 MiB by default); a message heard while it is full is dropped
+with a log line and a count: the handler is that far behind, most likely because Redis
+fails its stores, and Redis would otherwise drop the connection and lose more, uncounted.
+
+The handler takes every message waiting at once (up to ``_BATCH``) and stores a run of
+chats in one Lua call, with one delivery signal per node: under a flood it keeps up, where
+one round trip per message left it behind the sockets' greenlets. The reader survives
+Redis restarts (reconnect with capped, jittered backoff, then resubscribe) and the
+handler skips any message it cannot use with one log line, so no message can stop them.
 
 Every worker hears the business channels, but only the holder of the ingest lease stores
 what they carry: with several workers each message is stored once (seed bug 9). The
@@ -19,14 +29,17 @@ import os
 import random
 import socket
 import time
+from collections import deque
 from functools import partial
 from typing import Any, Callable
 
 import gevent
+import gevent.event
 import orjson
 import redis
 
 from . import metrics, payloads
+from .capped import Oversized, capped_client, held_bytes, refuse
 from .config import Config
 from .inbox import Inbox
 from .routing import Router
@@ -39,8 +52,10 @@ _MAX_BACKOFF = 5.0
 _STORE_RETRY = 30
 # How often the listener looks whether the lease changed hands, at most.
 _LEASE_CHECK = 0.2
-# Messages taken from the subscription at once, at most.
+# Messages read from the subscription, or handled, at once, at most.
 _BATCH = 500
+# Bytes a queued message is counted for beyond its own: Python's objects around it.
+_OVERHEAD = 100
 
 
 def node_name() -> str:
@@ -63,6 +78,48 @@ def _dead_here(holder: str) -> bool:
     return False
 
 
+def _wait_until(check: Callable[[], bool], deadline: float) -> None:
+    while not check() and time.monotonic() < deadline:
+        gevent.sleep(0.02)
+
+
+class Heard:
+    """Messages the reader took and the handler has not handled yet, in the order heard,
+    at most ``budget`` bytes of them (a batch being handled still counts)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.size = 0
+        self.added = 0
+        self.handled = 0
+        self._items: deque[tuple[str, bytes]] = deque()
+        self._ready = gevent.event.Event()
+
+    def put(self, channel: str, data: bytes) -> bool:
+        """Queue a message; False, and nothing queued, if it does not fit in the budget."""
+        cost = len(data) + _OVERHEAD
+        if self.size + cost > self.budget:
+            return False
+        self._items.append((channel, data))
+        self.size += cost
+        self.added += 1
+        self._ready.set()
+        return True
+
+    def take(self, most: int) -> list[tuple[str, bytes]]:
+        """Up to ``most`` messages, oldest first, once there is one."""
+        self._ready.wait()
+        batch = [self._items.popleft() for _ in range(min(most, len(self._items)))]
+        if not self._items:
+            self._ready.clear()
+        return batch
+
+    def done(self, batch: list[tuple[str, bytes]]) -> None:
+        """``batch`` is handled: its bytes are free again."""
+        self.size -= sum(len(data) + _OVERHEAD for _, data in batch)
+        self.handled += len(batch)
+
+
 class Bridge:
     def __init__(self, config: Config, store: Store, router: Router) -> None:
         self.config = config
@@ -76,6 +133,9 @@ class Bridge:
         self._yielding = False
         self._running = False
         self._greenlets: list[gevent.Greenlet] = []
+        self._heard = Heard(held_bytes(config.max_channel_message_bytes))
+        self._listener = capped_client(config, f"pushapp-listener:{self.node}",
+                                       self.node_channel)
 
     @property
     def leader(self) -> bool:
@@ -83,9 +143,10 @@ class Bridge:
 
     def start(self) -> None:
         self._running = True
-        inbox = Inbox(self.config, self.store, self.node, lambda: self.leader, self.route)
+        inbox = Inbox(self.config, capped_client(self.config, f"pushapp-inbox:{self.node}"),
+                      self.node, lambda: self.leader, self.route)
         self._greenlets = [gevent.spawn(self._keepalive), gevent.spawn(self._listen),
-                           gevent.spawn(inbox.run)]
+                           gevent.spawn(self._handle_heard), gevent.spawn(inbox.run)]
 
     def close(self) -> None:
         """Stop, and hand the lease and this node's users over without waiting for TTLs."""
@@ -100,13 +161,14 @@ class Bridge:
 
     def hand_over(self, timeout: float) -> None:
         """Let another worker take the business channels now rather than at the lease's
-        TTL: stop renewing the lease, leave the channels, handle whatever was heard before
-        Redis confirmed that, then drop the lease. This node's own signal channel and
-        heartbeat stay, so its sockets are still served while they are closed."""
+        TTL: stop renewing the lease, leave the channels, let the handler store whatever
+        was heard before Redis confirmed that, then drop the lease. This node's own signal
+        channel and heartbeat stay, so its sockets are still served while they are closed."""
         self._yielding = True
         deadline = time.monotonic() + timeout
-        while self.hearing and time.monotonic() < deadline:
-            gevent.sleep(0.02)
+        _wait_until(lambda: not self.hearing, deadline)
+        heard = self._heard.added
+        _wait_until(lambda: self._heard.handled >= heard, deadline)
         was_leader, self._leader_until = self.leader, 0.0
         try:
             if was_leader and self.store.drop_lease(self.node):
@@ -155,7 +217,7 @@ class Bridge:
     def _listen(self) -> None:
         backoff = 0.1
         while self._running:
-            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.node_channel)
                 self.subscribed = True
@@ -172,7 +234,8 @@ class Bridge:
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
     def _serve(self, pubsub: redis.client.PubSub) -> None:
-        """Handle messages; hear the business channels exactly while holding the lease.
+        """Read messages as they come; hear the business channels exactly while holding
+        the lease.
 
         So a business server's PUBLISH returns how many gateways took the message: 0 means
         none did (no worker holds the lease, or Redis restarted), and it should retry.
@@ -192,23 +255,49 @@ class Bridge:
                     log.info("listener left %s", ", ".join(business))
                 elif not pubsub.pending_unsubscribe_channels:
                     pubsub.unsubscribe(*business)
-            message = pubsub.get_message(timeout=_LEASE_CHECK)
-            if message is None:
+            pubsub.check_health()  # a PING now and then, as get_message does
+            connection = pubsub.connection
+            if not connection.can_read(timeout=_LEASE_CHECK):
                 continue
-            heard = [message]
-            while len(heard) < _BATCH and (message := pubsub.get_message(timeout=0)):
-                heard.append(message)
-            self.handle([(message["channel"].decode(), message["data"]) for message in heard])
+            # A message once begun is read to its end, however long Redis takes to send
+            # it: a timeout in the middle would leave the connection unusable.
+            for _ in range(_BATCH):
+                message = pubsub.get_message(timeout=None)
+                if message is not None:
+                    self._take(message["channel"].decode(), message["data"])
+                if not connection.can_read(timeout=0):
+                    break
+            gevent.sleep(0)  # the handler's and the sockets' turn
+
+    def _take(self, channel: str, data: bytes | Oversized) -> None:
+        """Queue a message heard for the handler. A business message is taken only by the
+        lease holder (a worker that has just lost the lease may still hear some before it
+        unsubscribes), and refused if it is over ``MAX_CHANNEL_MESSAGE_BYTES``."""
+        if channel != self.node_channel:
+            if not self.leader:
+                return
+            if isinstance(data, Oversized):
+                refuse(channel, data, self.config.max_channel_message_bytes)
+                return
+        if not self._heard.put(channel, data):
+            log.error("dropped a message on %s: %d bytes heard wait to be stored already, the "
+                      "most a worker holds: %.200r", channel, self._heard.size, data)
+            metrics.ERRORS.labels("channel_message_dropped").inc()
+
+    def _handle_heard(self) -> None:
+        """The handler: what the reader queued, stored and routed in order, a batch at a
+        time; the batch's bytes count against the queue's budget until it is done."""
+        while True:
+            batch = self._heard.take(_BATCH)
+            self.handle(batch)
+            self._heard.done(batch)
 
     def handle(self, messages: list[tuple[str, bytes]]) -> None:
-        """Pub/sub messages, in the order heard. Nothing they carry may raise out of here.
+        """Messages taken, in the order heard. Nothing they carry may raise out of here.
         Chats that follow each other are stored and signalled together, one round trip for
-        all. Business messages are handled only by the lease holder (a worker that has just
-        lost the lease may still hear some before it unsubscribes)."""
+        all."""
         chats: list[tuple[str, bytes]] = []
         for channel, data in messages:
-            if channel != self.node_channel and not self.leader:
-                continue
             if channel == self.config.channel_snschat:
                 try:
                     chats.append((self.router.recipient(
@@ -266,8 +355,9 @@ class Bridge:
     def _retry(self, channel: str, data: list[bytes], exc: Exception,
                again: Callable[[], Any]) -> None:
         """Messages heard but not stored because Redis failed: Redis is most likely
-        restarting, and the listener cannot hear anything else meanwhile, so keep trying
-        (with backoff) for ``_STORE_RETRY`` seconds before giving them up."""
+        restarting, and nothing heard after them can be stored meanwhile either, so keep
+        trying (with backoff) for ``_STORE_RETRY`` seconds before giving them up. The
+        reader goes on reading meanwhile, into the queue."""
         log.warning("%d messages on %s not stored yet, Redis failed (%s); retrying",
                     len(data), channel, exc)
         deadline, delay = time.monotonic() + _STORE_RETRY, 0.1

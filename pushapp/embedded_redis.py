@@ -21,6 +21,9 @@ from pathlib import Path
 
 # A unix socket path longer than this does not fit in sockaddr_un on Linux.
 _MAX_SOCKET_PATH = 100
+# client-output-buffer-limit of pub/sub clients: hard limit, soft limit, seconds
+# (docs/deployment.md, "Pub/sub output buffers").
+PUBSUB_BUFFER_LIMIT = "pubsub 256mb 64mb 60"
 
 
 def find_binary() -> str:
@@ -79,6 +82,12 @@ class EmbeddedRedis:
             "--logfile", str(self.data_dir / "redis.log"),
             "--bind", "127.0.0.1",
             "--port", str(self.port or 0),
+            # Redis drops a subscriber whose unsent backlog passes the hard limit (32 MB by
+            # default), and every message in it, though PUBLISH answered 1 for them. The
+            # gateway's listener reads without pause, but a burst published faster than
+            # one worker reads (several large messages, or oversized ones it must read
+            # through to refuse) waits here: 256 MB of it, or 64 MB for a minute.
+            "--client-output-buffer-limit", *PUBSUB_BUFFER_LIMIT.split(),
         ]
         if self.unix_socket:
             args += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]

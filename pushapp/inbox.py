@@ -6,6 +6,10 @@ gateway has stored it: the ingest lease holder reads it through a consumer group
 acknowledges it only after routing, so a worker killed in between leaves it pending, and
 the next lease holder claims and routes it (at least once; a crash between routing and
 acknowledging makes a duplicate, with a new mid).
+
+An entry whose ``data`` is over ``MAX_CHANNEL_MESSAGE_BYTES`` is refused (one log line,
+a count) and removed: the reader's connection skips it as it arrives (pushapp.capped), and
+reads at most ``capped.held_bytes`` of entries at once.
 """
 from __future__ import annotations
 
@@ -17,23 +21,28 @@ import gevent
 import redis
 
 from . import payloads
+from .capped import Oversized, held_bytes, refuse
 from .config import Config
-from .store import Store
 
 log = logging.getLogger(__name__)
 
 GROUP = "gateway"
 _BLOCK_MS = 1000
+# Entries read at once, at most.
 _BATCH = 100
 
 
 class Inbox:
-    def __init__(self, config: Config, store: Store, node: str,
+    def __init__(self, config: Config, client: redis.Redis, node: str,
                  leader: Callable[[], bool], route: Callable[[str, bytes], None]) -> None:
+        """``client`` reads and acknowledges the entries: its connection must skip data
+        over the limit (``capped.capped_client``)."""
         self.key = config.key("inbox")
         self.channels = {b"snschat": config.channel_snschat,
                          b"notification": config.channel_notification}
-        self.store = store
+        self.redis = client
+        self.limit = config.max_channel_message_bytes
+        self.count = max(1, min(_BATCH, held_bytes(self.limit) // self.limit))
         self.node = node
         self.leader = leader
         self.route = route
@@ -59,7 +68,7 @@ class Inbox:
                 backoff = 0.1
 
     def _consume(self) -> None:
-        r = self.store.redis
+        r = self.redis
         try:
             r.xgroup_create(self.key, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -73,7 +82,7 @@ class Inbox:
             if time.monotonic() >= claim_due:
                 self._claim_abandoned(self.claim_idle_ms)
                 claim_due = time.monotonic() + self.claim_idle_ms / 2000
-            for _, entries in r.xreadgroup(GROUP, self.node, {self.key: ">"}, count=_BATCH,
+            for _, entries in r.xreadgroup(GROUP, self.node, {self.key: ">"}, count=self.count,
                                            block=_BLOCK_MS) or []:
                 self._handle(entries)
 
@@ -83,8 +92,8 @@ class Inbox:
         start = "0-0"
         while True:
             # Redis 6.2 answers [next, entries]; 7 adds the ids of deleted entries.
-            reply = self.store.redis.xautoclaim(self.key, GROUP, self.node, min_idle_ms,
-                                                start_id=start, count=_BATCH)
+            reply = self.redis.xautoclaim(self.key, GROUP, self.node, min_idle_ms,
+                                          start_id=start, count=self.count)
             self._handle(reply[1])
             start = reply[0]
             if start in (b"0-0", "0-0"):
@@ -97,15 +106,19 @@ class Inbox:
                 done.append(entry_id)
                 continue
             channel = self.channels.get(fields.get(b"channel", b""))
+            data = fields.get(b"data", b"")
             try:
                 if channel is None:
                     raise payloads.PayloadError("channel must be snschat or notification")
-                self.route(channel, fields.get(b"data", b""))
+                if isinstance(data, Oversized):
+                    refuse(f"the inbox (entry {entry_id.decode()})", data, self.limit)
+                else:
+                    self.route(channel, data)
             except payloads.PayloadError as exc:
                 log.warning("inbox: skipped entry %s: %s", entry_id, exc)
             done.append(entry_id)
         if done:
-            pipe = self.store.redis.pipeline(transaction=True)
+            pipe = self.redis.pipeline(transaction=True)
             pipe.xack(self.key, GROUP, *done)
             pipe.xdel(self.key, *done)
             pipe.execute()

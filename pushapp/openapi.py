@@ -23,7 +23,7 @@ _PARAM = re.compile(r"<(?:\w+:)?(\w+)>")
 _STATUS = {
     200: "Done",
     400: "The body is not JSON, or a header is malformed",
-    401: "No API key, or not one of API_KEYS",
+    401: "No key, or a wrong one: one of API_KEYS (/metrics: METRICS_TOKEN)",
     409: "A request with this Idempotency-Key is still in flight: retry later",
     413: "The body is larger than API_MAX_BODY_BYTES",
     422: "A field is invalid; errors names each",

@@ -15,7 +15,7 @@ import itertools
 import re
 import time
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 import redis
@@ -249,14 +249,16 @@ class Presence(NamedTuple):
         return None if raw is None else cls(*orjson.loads(raw))
 
 
-def connect(config: Config) -> redis.Redis:
-    """A client with a bounded pool that waits for a free connection instead of failing
-    (redis-py's default pool raises once 100 connections are busy)."""
+def connect(config: Config, size: int | None = None, **options: Any) -> redis.Redis:
+    """A client with a bounded pool (``REDIS_MAX_CONNECTIONS``, or ``size``) that waits for
+    a free connection instead of failing (redis-py's default pool raises once 100
+    connections are busy); ``options`` go to each connection."""
     pool = redis.BlockingConnectionPool.from_url(
         config.redis_url,
-        max_connections=config.redis_max_connections,
+        max_connections=size or config.redis_max_connections,
         timeout=config.redis_pool_timeout,
         health_check_interval=30,
+        **options,
     )
     return redis.Redis(connection_pool=pool)
 
@@ -292,6 +294,7 @@ class Store:
         self.online_key = config.key("online")
         self.nodes_key = config.key("nodes")
         self.lease_key = config.key("ingest-lease")
+        self.totals_key = config.key("stored-totals")
         self._store_chats = client.register_script(_STORE_CHATS)
         self._store_notification = client.register_script(_STORE_NOTIFICATION)
         self._presence = client.register_script(_PRESENCE)
@@ -394,7 +397,8 @@ class Store:
     def backlog(self) -> dict[str, int]:
         """Stored messages of each kind, all users together. It walks every stream (SCAN,
         summed in Redis a thousand at a time): about 100 ms per 10,000 users with stored
-        messages, so it is for a scrape, not for a request path."""
+        messages, so it runs in the background (pushapp.metrics.BacklogCount), never for a
+        request or a scrape."""
         totals = dict.fromkeys(KINDS, 0)
         pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.config.key_prefix) + "*"
         keys = self.redis.scan_iter(match=pattern, count=1000, _type="stream")
@@ -404,6 +408,23 @@ class Store:
             for kind, count in zip(KINDS, counted):
                 totals[kind] += count
         return totals
+
+    def save_backlog(self, totals: dict[str, int], ttl: float) -> None:
+        """Keep ``backlog()``'s totals, counted just now, for every worker's scrapes; they
+        lapse after ``ttl`` seconds unless counted again, rather than grow stale."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.totals_key, mapping={**totals, "at": int(time.time() * 1000)})
+            pipe.pexpire(self.totals_key, int(ttl * 1000))
+            pipe.execute()
+
+    def saved_backlog(self) -> tuple[dict[str, int], float] | None:
+        """The totals last saved, and when they were counted (Unix time), or None: one
+        command, whatever the number of users."""
+        saved = {_text(field): int(count) for field, count in
+                 self.redis.hgetall(self.totals_key).items()}
+        if not saved:
+            return None
+        return {kind: saved.get(kind, 0) for kind in KINDS}, saved["at"] / 1000
 
     def remove(self, acks: Iterable[tuple[str, str, Sequence[str]]]) -> None:
         """Remove exactly these messages (kind, user, ids); others, stored meanwhile, stay.

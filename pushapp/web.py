@@ -1,13 +1,16 @@
 """HTTP routes for operators beside the sockets: liveness, readiness and metrics."""
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import api, metrics
+from . import api, auth, metrics
 from .openapi import CATALOG, TEXT
 from .schemas import Ready
 
+log = logging.getLogger(__name__)
 bp = Blueprint("web", __name__)
 
 
@@ -35,10 +38,20 @@ def ready() -> tuple[Response, int]:
     return jsonify(ready=True, node=bridge.node, leader=bridge.leader), 200
 
 
-@CATALOG.route(bp, "GET", "/metrics", answers={200: TEXT}, public=True)
+@CATALOG.route(bp, "GET", "/metrics", answers={200: TEXT, 401: TEXT}, public=True)
 def metrics_text() -> Response:
-    """Prometheus metrics of every worker, in the text exposition format."""
-    body, content_type = metrics.exposition(current_app.extensions["pushapp"].store)
+    """Prometheus metrics of every worker, in the text exposition format. With
+    METRICS_TOKEN set, only for ``Authorization: Bearer <METRICS_TOKEN>`` (401 otherwise),
+    since the figures tell how busy the gateway is and what fails in it."""
+    gateway = current_app.extensions["pushapp"]
+    token = gateway.config.metrics_token
+    given = auth.bearer(request.headers.get("Authorization"))
+    if token and not (given and auth.matches(given, (token,))):
+        log.warning("metrics scrape refused from %s: %s", request.remote_addr,
+                    "no token" if given is None else "wrong token")
+        return Response("send Authorization: Bearer <METRICS_TOKEN>\n", status=401,
+                        mimetype=TEXT, headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    body, content_type = metrics.exposition(gateway.store)
     return Response(body, content_type=content_type)
 
 

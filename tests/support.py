@@ -202,10 +202,15 @@ class Gateway:
         """The pid of the worker serving now, from the node name it reports."""
         return int(self.wait_ready()["node"].split(":")[1])
 
-    def worker_rss(self) -> int:
-        """Resident memory of the worker, in bytes."""
+    def worker_rss(self, field: str = "VmRSS") -> int:
+        """Resident memory of the worker, in bytes; ``VmHWM``: its peak since start or
+        since ``reset_peak_rss``."""
         status = Path(f"/proc/{self.worker_pid()}/status").read_text()
-        return int(status.split("VmRSS:")[1].split()[0]) * 1024
+        return int(status.split(f"{field}:")[1].split()[0]) * 1024
+
+    def reset_peak_rss(self) -> None:
+        """Start the worker's peak resident memory (``VmHWM``) over from what it holds now."""
+        Path(f"/proc/{self.worker_pid()}/clear_refs").write_text("5")
 
 
 class Subscriber:
