@@ -529,11 +529,13 @@ class LeanEngineServer(engineio_server.Server):
         def lean_connect(sid: str, environ: dict, *args: Any) -> Any:
             # The new socket's first event: it has sent nothing, no ping is scheduled.
             if len(server.sockets) > server.max_sockets:
-                return server._refuse(environ, "full", "this worker is full")
+                return server._refuse(environ, "worker_full", "this worker is full", "this "
+                                      f"worker holds its maximum of {server.max_sockets} sockets")
             address = environ.get(CLIENT_ADDRESS) or environ.get("REMOTE_ADDR", "")
             if not server.limits.handshakes.enter(address):
-                return server._refuse(environ, "handshakes_per_ip",
-                                      "too many handshakes from this address")
+                limit = server.limits.handshakes.limit
+                return server._refuse(environ, "handshakes_per_ip", "too many handshakes from "
+                                      "this address", f"it has {limit} handshakes in progress")
             sock = server.sockets[sid]
             sock.__class__ = LeanSocket
             sock.handshake = address
@@ -562,11 +564,12 @@ class LeanEngineServer(engineio_server.Server):
                                       sock.address, level=logging.INFO)
             sock.cut_off(POLICY_VIOLATION, "not logged in")
 
-    def _refuse(self, environ: dict, reason: str, why: str) -> str:
+    def _refuse(self, environ: dict, reason: str, why: str, because: str) -> str:
         """Turn a new client away: a long poll gets ``why`` in a 401, a websocket (whose
-        handshake is already done) the close code 1013, try again later."""
+        handshake is already done) the close code 1013, try again later; the log line
+        (counted as ``reason``) says ``because``."""
         self.limits.errors.report(reason, None, "refused a connection from %s: %s",
-                                  environ.get("REMOTE_ADDR", ""), why)
+                                  environ.get("REMOTE_ADDR", ""), because)
         websocket = environ.get("wsgi.websocket")
         if websocket is not None:
             try:

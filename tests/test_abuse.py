@@ -172,7 +172,7 @@ def test_health_and_readiness_answer_at_the_socket_cap(start_gateway):
     """300 files: 204 sockets. With all of them taken by long polls (each a request in
     progress, as many as gevent's pool had room for) a further client is turned away,
     and /monitor and /health/ready still answer at once."""
-    gateway = start_gateway(open_files=300, MAX_HANDSHAKES_PER_IP=1000, LOGIN_TIMEOUT=120)
+    gateway = start_gateway(open_files=300, LOGIN_TIMEOUT=120)
     capacity = 300 - 32 - 64
     url = gateway.url + "/socket.io/?EIO=4&transport=polling"
     polling = threading.Semaphore(0)
