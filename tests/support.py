@@ -104,7 +104,7 @@ class Gateway:
             "API_KEYS": API_KEY,
             # Tests play thousands of users from one loopback address; test_abuse.py sets
             # the limit it tests.
-            "MAX_HANDSHAKES_PER_IP": 100_000,
+            "MAX_HANDSHAKES_PER_IP": "100000",
             **{key: str(value) for key, value in env.items()},
         }
         self.prefix = self.env.get("KEY_PREFIX", "pushapp:")
