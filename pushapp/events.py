@@ -21,7 +21,7 @@ from socketio import packet
 
 from . import logs, metrics, payloads
 from .config import Config
-from .delivery import CHAT, NOTIF, Conn, Delivery
+from .delivery import CHAT, NOTIF, Conn, Delivery, client_address
 from .frames import POLICY_VIOLATION
 from .identity import AuthError, Authenticator
 from .limits import Limits, Verdict
@@ -258,7 +258,7 @@ class Events:
 
     def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
         """Count the address, check a token given in the connect auth, keep its claims."""
-        address = environ.get("REMOTE_ADDR", "")
+        address = client_address(environ, self.config.forwarded_allow_ips)
         limit = self.config.max_connections_per_ip
         if limit and self.per_address.get(address, 0) >= limit:
             self.errors.report("connections_per_ip", None, "refused connection from %s: %d "
