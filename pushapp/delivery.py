@@ -10,11 +10,9 @@ cheapest thing to hold at 100k connections.
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import logging
 import math
 import time
-from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -24,6 +22,7 @@ import socketio
 
 from . import logs, metrics, payloads
 from .ackwatch import AckWatch
+from .addresses import client_address
 from .collector import Collector
 from .config import Config
 from .identity import Identity
@@ -35,27 +34,6 @@ CHAT, NOTIF = 1, 2
 _KIND_NAMES = {CHAT: "chat", NOTIF: "notif"}
 # Seconds acks and unbinds wait to be sent to Redis with others.
 _TICK = 0.005
-
-
-def client_address(environ: Mapping[str, Any], trusted: tuple[str, ...]) -> str:
-    """Who the client is, for logs and per-address limits. Behind a load balancer every
-    peer is the balancer, so when the peer is one of the ``trusted`` proxies
-    (``FORWARDED_ALLOW_IPS``: addresses or networks, or ``*``) the client is the last
-    ``X-Forwarded-For`` entry: the one that proxy wrote, while earlier ones come from
-    the client and may be forged. Anyone else's header is not believed."""
-    peer = environ.get("REMOTE_ADDR", "")
-    forwarded = environ.get("HTTP_X_FORWARDED_FOR", "").rpartition(",")[2].strip()
-    if not forwarded:
-        return peer
-    if "*" in trusted:
-        return forwarded
-    try:
-        ip = ipaddress.ip_address(peer)
-    except ValueError:
-        return peer
-    if any(ip in ipaddress.ip_network(proxy, strict=False) for proxy in trusted):
-        return forwarded
-    return peer
 
 
 class Conn:

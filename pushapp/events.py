@@ -21,7 +21,8 @@ from socketio import packet
 
 from . import logs, metrics, payloads
 from .config import Config
-from .delivery import CHAT, NOTIF, Conn, Delivery, client_address
+from .addresses import client_address
+from .delivery import CHAT, NOTIF, Conn, Delivery
 from .frames import POLICY_VIOLATION
 from .identity import AuthError, Authenticator
 from .limits import Limits, Verdict

@@ -35,7 +35,6 @@ names the metrics directory.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import time
@@ -48,12 +47,13 @@ from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import WebSocket
 
+from .addresses import client_address, trusted_proxy
 from .config import Config
 
 if TYPE_CHECKING:
     from .limits import Limits
 
-# The environ key of the client's address (see BoundedWebSocketHandler.client).
+# The environ key of the client's address (pushapp.addresses), found once per request.
 CLIENT_ADDRESS = "pushapp.client_address"
 # Requests served beyond the socket cap, from the files kept besides the clients' sockets
 # (Config.reserved_files).
@@ -113,25 +113,6 @@ class QuietWebSocket(WebSocket):
     current_app = _NoApp()
 
 
-class Proxies:
-    """The proxies whose ``X-Forwarded-For`` names the client (``FORWARDED_ALLOW_IPS``:
-    addresses or networks, or ``*`` for any)."""
-
-    def __init__(self, allowed: tuple[str, ...]) -> None:
-        self.anyone = "*" in allowed
-        self.networks = [ipaddress.ip_network(item, strict=False)
-                         for item in allowed if item != "*"]
-
-    def trust(self, peer: str) -> bool:
-        if self.anyone:
-            return True
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
-
-
 class BoundedWebSocketHandler(WebSocketHandler):
     """Each HTTP connection, websocket handshakes included: its request heads timed and
     counted per address, each request counted for ``max_requests``, turned away if it
@@ -142,7 +123,7 @@ class BoundedWebSocketHandler(WebSocketHandler):
     _config = Config.from_env()
     max_frame_bytes = _config.max_frame_bytes
     header_timeout = _config.header_timeout
-    proxies = Proxies(_config.forwarded_allow_ips)
+    trusted = _config.forwarded_allow_ips
     worker: "GatewayWorker | None" = None
     limits: "Limits | None" = None
     _timer: gevent.Timeout | None = None
@@ -170,7 +151,7 @@ class BoundedWebSocketHandler(WebSocketHandler):
         if limits is None:
             return True
         peer = self._peer()
-        if self.proxies.trust(peer):
+        if trusted_proxy(peer, self.trusted):
             return True
         if not limits.handshakes.enter(peer):
             self._report("handshakes_per_ip", "closed a connection from %s: it has %d "
@@ -192,16 +173,8 @@ class BoundedWebSocketHandler(WebSocketHandler):
         """The head is complete: the rest of the request has no deadline."""
         self._head_ends()
         environ = super().get_environ()
-        environ[CLIENT_ADDRESS] = self.client(environ)
+        environ[CLIENT_ADDRESS] = client_address(environ, self.trusted)
         return environ
-
-    def client(self, environ: dict) -> str:
-        """The client's address: the peer's, or behind a trusted proxy the last
-        ``X-Forwarded-For`` entry (the one that proxy wrote; earlier ones come from the
-        client and may be forged)."""
-        peer = environ.get("REMOTE_ADDR", "")
-        forwarded = environ.get("HTTP_X_FORWARDED_FOR", "").rpartition(",")[2].strip()
-        return forwarded if forwarded and self.proxies.trust(peer) else peer
 
     def _peer(self) -> str:
         address = self.client_address
