@@ -9,7 +9,7 @@ import gevent
 from flask import Flask
 from flask_socketio import SocketIO
 
-from . import api, logs, metrics, payloads, web
+from . import api, logs, metrics, pages, payloads, web
 from .bridge import Bridge, node_name
 from .config import Config, ConfigError
 from .delivery import Delivery
@@ -60,7 +60,8 @@ def create_app(config: Config | None = None) -> Flask:
     logging.getLogger("geventwebsocket.handler").setLevel(
         max(logging.WARNING, logging.getLogger().level))
 
-    app = Flask(__name__)
+    # The pages' blueprint serves /static itself.
+    app = Flask(__name__, static_folder=None)
     socketio = SocketIO(
         app,
         async_mode="gevent",
@@ -90,6 +91,7 @@ def create_app(config: Config | None = None) -> Flask:
         events.logged_in)
     app.register_blueprint(web.bp)
     api.init_app(app, config, store, router)
+    pages.init_app(app, config)
 
     bridge = Bridge(config, store, router)
     bridge.start()

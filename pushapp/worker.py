@@ -184,7 +184,12 @@ class BoundedWebSocketHandler(WebSocketHandler):
         self.limits.errors.report(reason, None, message, *args, level=logging.INFO)
 
     def start_response(self, status: str, headers: list, exc_info: Any = None) -> Any:
-        return super().start_response(status, [*headers, *_SECURITY_HEADERS], exc_info)
+        """The answer with the security headers the application did not set itself (the
+        pages set a stricter policy)."""
+        named = {name.lower() for name, _ in headers}
+        return super().start_response(status, [*headers, *(
+            header for header in _SECURITY_HEADERS if header[0].lower() not in named)],
+            exc_info)
 
     def run_application(self) -> Any:
         worker = self.worker
