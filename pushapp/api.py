@@ -27,8 +27,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from . import auth, metrics, payloads
+from .addresses import client_address
 from .config import Config
-from .delivery import client_address
 from .idempotency import Earlier, Idempotency
 from .openapi import CATALOG
 from .routing import Router
