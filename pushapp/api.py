@@ -27,8 +27,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from . import auth, metrics, payloads
+from .addresses import client_address
 from .config import Config
-from .delivery import client_address
 from .idempotency import Earlier, Idempotency
 from .openapi import CATALOG
 from .routing import Router
@@ -145,6 +145,23 @@ def _http_error(error: HTTPException) -> tuple[Response, int]:
     if error.code == 413:
         error.description = f"the body is larger than {_api().config.api_max_body_bytes} bytes"
     return _api_error(ApiError(error.code or 500, error.description or error.name))
+
+
+def serves(path: str) -> bool:
+    """Whether ``path`` is under the API's prefix."""
+    return path == bp.url_prefix or path.startswith(bp.url_prefix + "/")
+
+
+def no_route(error: HTTPException) -> tuple[Response, int]:
+    """A path under the API that no route has (404), or a method its route does not take
+    (405), as JSON (pushapp.web hands these over: Flask finds no blueprint for them)."""
+    if error.code == 405:
+        allowed = ", ".join(sorted(getattr(error, "valid_methods", None) or ()))
+        answer, status = _api_error(ApiError(405, f"{request.method} is not allowed on "
+                                                  f"{request.path}; allowed: {allowed}"))
+        answer.headers["Allow"] = allowed
+        return answer, status
+    return _api_error(ApiError(404, f"no such path: {request.path}"))
 
 
 @bp.errorhandler(redis.RedisError)

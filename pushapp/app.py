@@ -15,6 +15,7 @@ from .config import Config, ConfigError
 from .delivery import Delivery
 from .drain import Drain
 from .events import GatewayServer, Events
+from .limits import Limits
 from .manager import GatewayManager
 from .memory import MemoryReturn
 from .routing import Router
@@ -33,6 +34,7 @@ class Gateway:
     router: Router
     bridge: Bridge
     drain: Drain
+    limits: Limits
 
     expiry_watch: gevent.Greenlet
     memory_watch: gevent.Greenlet
@@ -43,6 +45,7 @@ class Gateway:
         self.memory_watch.kill(block=False)
         self.backlog_count.kill(block=False)
         self.socketio.server.eio.pinger.stop()
+        self.socketio.server.eio.login_watch.stop()
         self.bridge.close()
 
 
@@ -74,15 +77,18 @@ def create_app(config: Config | None = None) -> Flask:
         logger=False,
         engineio_logger=False,
     )
-    GatewayServer.adopt(socketio.server)
-    LeanEngineServer.adopt(
-        socketio.server.eio, socketio.server.environ, config.send_backlog_max_bytes,
-        config.socket_capacity(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+    limits = Limits.from_config(config)
+    GatewayServer.adopt(socketio.server, limits)
 
     store = Store(config, connect(config))
     delivery = Delivery(config, store, socketio.server, node_name())
     router = Router(config, store, delivery)
-    Events(config, store, delivery, router, socketio.server).register()
+    events = Events(config, store, delivery, router, socketio.server)
+    events.register()
+    LeanEngineServer.adopt(
+        socketio.server.eio, socketio.server.environ, config,
+        config.socket_capacity(resource.getrlimit(resource.RLIMIT_NOFILE)[0]), limits,
+        events.logged_in)
     app.register_blueprint(web.bp)
     api.init_app(app, config, store, router)
     pages.init_app(app, config)
@@ -91,7 +97,7 @@ def create_app(config: Config | None = None) -> Flask:
     bridge.start()
     app.extensions["pushapp"] = Gateway(
         config, socketio, store, delivery, router, bridge,
-        Drain(config.drain_window, socketio.server, delivery, bridge),
+        Drain(config.drain_window, socketio.server, delivery, bridge), limits,
         gevent.spawn(delivery.watch_expiries),
         gevent.spawn(MemoryReturn(lambda: len(delivery.by_sid)).run),
         gevent.spawn(metrics.BacklogCount(store, lambda: bridge.leader).run))

@@ -10,11 +10,9 @@ cheapest thing to hold at 100k connections.
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import logging
 import math
 import time
-from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -24,6 +22,7 @@ import socketio
 
 from . import logs, metrics, payloads
 from .ackwatch import AckWatch
+from .addresses import client_address
 from .collector import Collector
 from .config import Config
 from .identity import Identity
@@ -37,36 +36,15 @@ _KIND_NAMES = {CHAT: "chat", NOTIF: "notif"}
 _TICK = 0.005
 
 
-def client_address(environ: Mapping[str, Any], trusted: tuple[str, ...]) -> str:
-    """Who the client is, for logs and per-address limits. Behind a load balancer every
-    peer is the balancer, so when the peer is one of the ``trusted`` proxies
-    (``FORWARDED_ALLOW_IPS``: addresses or networks, or ``*``) the client is the last
-    ``X-Forwarded-For`` entry: the one that proxy wrote, while earlier ones come from
-    the client and may be forged. Anyone else's header is not believed."""
-    peer = environ.get("REMOTE_ADDR", "")
-    forwarded = environ.get("HTTP_X_FORWARDED_FOR", "").rpartition(",")[2].strip()
-    if not forwarded:
-        return peer
-    if "*" in trusted:
-        return forwarded
-    try:
-        ip = ipaddress.ip_address(peer)
-    except ValueError:
-        return peer
-    if any(ip in ipaddress.ip_network(proxy, strict=False) for proxy in trusted):
-        return forwarded
-    return peer
-
-
 class Conn:
     """A connected socket; ``user`` is set by its login. Kept small: there is one per
     connection."""
 
     __slots__ = ("sid", "user", "device", "claims", "expires", "chat_cursor", "notif_cursor",
                  "busy", "dirty", "unacked_chats", "unacked_notifs", "resend_at", "push_at",
-                 "closed", "tokens", "stamp", "strikes")
+                 "closed")
 
-    def __init__(self, sid: str, burst: int) -> None:
+    def __init__(self, sid: str) -> None:
         self.sid = sid
         self.user: str | None = None
         self.device = ""
@@ -81,9 +59,6 @@ class Conn:
         self.resend_at = math.inf
         self.push_at = math.inf
         self.closed = False
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-        self.strikes = 0
 
 
 class Delivery:
@@ -102,7 +77,7 @@ class Delivery:
         self._ack_watch = AckWatch(config.ack_timeout, config.push_delay, self._resend, self.push)
 
     def connect(self, sid: str) -> Conn:
-        conn = self.by_sid[sid] = Conn(sid, self.config.rate_burst)
+        conn = self.by_sid[sid] = Conn(sid)
         return conn
 
     def login(self, sid: str, who: Identity, userinfo: bytes, address: str,

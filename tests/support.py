@@ -13,6 +13,7 @@ import resource
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -123,6 +124,9 @@ class Gateway:
             "LOG_LEVEL": "INFO",
             "AUTH_MODE": "insecure",
             "API_KEYS": API_KEY,
+            # Tests play thousands of users from one loopback address; test_abuse.py sets
+            # the limit it tests.
+            "MAX_HANDSHAKES_PER_IP": "100000",
             **{key: str(value) for key, value in env.items()},
         }
         self.prefix = self.env.get("KEY_PREFIX", "pushapp:")
@@ -546,6 +550,19 @@ class RawClient:
             self.ws.close()
         except (websocket.WebSocketException, OSError):
             pass
+
+
+def close_code(ws: websocket.WebSocket, timeout: float = WAIT) -> int | None:
+    """Read a raw websocket until the server closes it: the close code it sent (None: it
+    cut the connection without a close frame)."""
+    ws.settimeout(timeout)
+    try:
+        while True:
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+    except (websocket.WebSocketConnectionClosedException, ConnectionError):
+        return None
 
 
 def clients_on_workers(gateway: Gateway, workers: int = 2, burst: int = 10,
