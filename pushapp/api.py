@@ -6,36 +6,50 @@ stored, archived, delivered and pushed exactly as one published on ``snschat`` o
 Router stores it and signals the worker holding each recipient. A 2xx means the message is
 in Redis; a Redis failure answers 503 with the reason, and the client retries (safely,
 with an ``Idempotency-Key``). Every route is in this one blueprint so that a single
-``before_request`` hook can guard them all (``CATALOG.is_public`` names the exceptions).
+``before_request`` hook can guard them all (``CATALOG.is_public`` names the exceptions):
+a key, or the admin page's session (pushapp.pages), with wrong keys limited per address.
+The operators' routes (users, ``/stats``) are what the admin page reads, so that the page
+and a script see the same data.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import logging
+import socket
+import time
 from typing import Any, Callable
 
 import redis
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, session
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from . import auth, metrics, payloads
+from .addresses import client_address
 from .config import Config
 from .idempotency import Earlier, Idempotency
 from .openapi import CATALOG
 from .routing import Router
-from .schemas import (IDEMPOTENCY_KEY, KIND, BatchOutcome, Counts, Error, FieldError, Outcome,
-                      Pending, Presence, Removed, RequestModels, field_errors)
+from .schemas import (IDEMPOTENCY_KEY, KIND, LAST, LIMIT, BatchOutcome, Counts, Error,
+                      FieldError, Online, Outcome, Pending, PendingMessage, Presence,
+                      RedisHealth, Removed, RequestModels, Stats, WorkerStats, field_errors)
 from .store import KIND_NAMES, Placement, Store
+from .store import Presence as StoredPresence
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-PUBLISH_ANSWERS = {400: Error, 401: Error, 409: Error, 413: Error, 422: Error, 503: Error}
-USER_ANSWERS = {401: Error, 422: Error, 503: Error}
+PUBLISH_ANSWERS = {400: Error, 401: Error, 409: Error, 413: Error, 422: Error, 429: Error,
+                   503: Error}
+USER_ANSWERS = {401: Error, 422: Error, 429: Error, 503: Error}
+# The admin page's requests carry its session instead of a key, and this header: a page of
+# another site cannot add it without the browser asking this gateway first (CORS).
+SESSION_HEADER = "X-Pushapp-Session"
+# Where the admin session keeps the digest of its key (auth.session_client).
+SESSION_FIELD = "api_key"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +62,7 @@ class Api:
     models: RequestModels
     idempotency: Idempotency
     document: dict
+    guard: auth.KeyGuard
 
 
 class UserConverter(BaseConverter):
@@ -62,10 +77,11 @@ class ApiError(Exception):
     """An answer other than 2xx, with the reason as JSON."""
 
     def __init__(self, status: int, error: str, errors: list[FieldError] | None = None,
-                 done: int | None = None) -> None:
+                 done: int | None = None, retry_after: int | None = None) -> None:
         super().__init__(error)
         self.status = status
         self.body = Error(error=error, errors=errors, done=done)
+        self.retry_after = retry_after
 
 
 def init_app(app: Flask, config: Config, store: Store, router: Router) -> None:
@@ -74,7 +90,7 @@ def init_app(app: Flask, config: Config, store: Store, router: Router) -> None:
     app.url_map.converters["user"] = UserConverter
     app.extensions["pushapp_api"] = Api(
         config, store, router, models, Idempotency(config, store.redis),
-        CATALOG.document(models, "pushapp", "1"))
+        CATALOG.document(models, "pushapp", "1"), auth.KeyGuard())
     app.register_blueprint(bp)
 
 
@@ -88,13 +104,29 @@ def _authenticate_and_limit() -> None:
     request.max_content_length = _api().config.api_max_body_bytes
     if CATALOG.is_public(request.endpoint):
         return
+    keys = _api().config.api_keys
+    authorization = request.headers.get("Authorization")
+    if authorization is None and request.headers.get(SESSION_HEADER):
+        def check() -> str:
+            return auth.session_client(keys, session.get(SESSION_FIELD))
+    else:
+        def check() -> str:
+            return auth.client_of(keys, authorization)
+    address = caller_address()
     try:
-        g.api_client = auth.client_of(_api().config.api_keys,
-                                      request.headers.get("Authorization"))
+        g.api_client = _api().guard.admit(address, check)
+    except auth.TooManyGuesses as exc:
+        raise ApiError(429, str(exc), retry_after=exc.retry_after) from None
     except auth.ApiKeyError as exc:
         log.warning("API call refused: %s %s from %s: %s", request.method, request.path,
-                    request.remote_addr, exc)
+                    address, exc)
         raise ApiError(401, str(exc)) from None
+
+
+def caller_address() -> str:
+    """The request's client: the peer, or the address a trusted proxy names
+    (``FORWARDED_ALLOW_IPS``), which is what wrong keys are counted by."""
+    return client_address(request.environ, _api().config.forwarded_allow_ips)
 
 
 @bp.errorhandler(ApiError)
@@ -103,6 +135,8 @@ def _api_error(error: ApiError) -> tuple[Response, int]:
     answer = _json(error.body)
     if error.status == 401:
         answer.headers["WWW-Authenticate"] = 'Bearer realm="pushapp"'
+    if error.retry_after is not None:
+        answer.headers["Retry-After"] = str(error.retry_after)
     return answer, error.status
 
 
@@ -111,6 +145,23 @@ def _http_error(error: HTTPException) -> tuple[Response, int]:
     if error.code == 413:
         error.description = f"the body is larger than {_api().config.api_max_body_bytes} bytes"
     return _api_error(ApiError(error.code or 500, error.description or error.name))
+
+
+def serves(path: str) -> bool:
+    """Whether ``path`` is under the API's prefix."""
+    return path == bp.url_prefix or path.startswith(bp.url_prefix + "/")
+
+
+def no_route(error: HTTPException) -> tuple[Response, int]:
+    """A path under the API that no route has (404), or a method its route does not take
+    (405), as JSON (pushapp.web hands these over: Flask finds no blueprint for them)."""
+    if error.code == 405:
+        allowed = ", ".join(sorted(getattr(error, "valid_methods", None) or ()))
+        answer, status = _api_error(ApiError(405, f"{request.method} is not allowed on "
+                                                  f"{request.path}; allowed: {allowed}"))
+        answer.headers["Allow"] = allowed
+        return answer, status
+    return _api_error(ApiError(404, f"no such path: {request.path}"))
 
 
 @bp.errorhandler(redis.RedisError)
@@ -252,15 +303,47 @@ def presence(user: str) -> Response:
     found = api.store.presence(user)
     if found is None:
         return _json(Presence(user=user, online=False))
-    return _json(Presence(user=user, online=True, device=found.device, node=found.node,
-                          since_ms=found.since_ms, since=_iso(found.since_ms)))
+    return _json(_presence(user, found))
 
 
-@CATALOG.route(bp, "GET", "/users/<user:user>/pending", answers={200: Pending, **USER_ANSWERS})
+def _presence(user: str, found: StoredPresence) -> Presence:
+    return Presence(user=user, online=True, device=found.device, node=found.node,
+                    since_ms=found.since_ms, since=_iso(found.since_ms))
+
+
+@CATALOG.route(bp, "GET", "/users/online", query={"limit": LIMIT},
+               answers={200: Online, **USER_ANSWERS})
+def online() -> Response:
+    """Users online now, up to limit (default 100).
+
+    It walks the gateway's presence records until it has found that many: meant for a
+    look (the admin and demo pages), not for every request of a busy backend.
+    """
+    api = _api()
+    limit = _checked(LIMIT.validate_python, request.args.get("limit", "100"), "limit")
+    found, more = api.store.online(limit)
+    return _json(Online(users=sorted((_presence(user, presence) for user, presence in found),
+                                     key=lambda presence: presence.user), more=more))
+
+
+@CATALOG.route(bp, "GET", "/users/<user:user>/pending", query={"last": LAST},
+               answers={200: Pending, **USER_ANSWERS})
 def pending(user: str) -> Response:
-    """How many stored messages wait for the user's ack, by kind."""
+    """How many stored messages wait for the user's ack, by kind.
+
+    With last=N, also the ids, sizes and ages of the N newest of each kind.
+    """
     api, user = _api(), _path_user(user)
-    return _json(Pending(user=user, pending=_counts(api.store.pending_counts(user))))
+    last = request.args.get("last")
+    answer = Pending(user=user, pending=_counts(api.store.pending_counts(user)))
+    if last is not None:
+        count = _checked(LAST.validate_python, last, "last")
+        now_ms = int(time.time() * 1000)
+        answer.last = [PendingMessage(kind=KIND_NAMES[kind], id=entry.id, bytes=len(entry.raw),
+                                      age_ms=max(0, now_ms - int(entry.id.partition("-")[0])))
+                       for kind, entries in api.store.newest(user, count).items()
+                       for entry in entries] if count else []
+    return _json(answer)
 
 
 @CATALOG.route(bp, "DELETE", "/users/<user:user>/pending", query={"kind": KIND},
@@ -277,6 +360,51 @@ def clear_pending(user: str) -> Response:
                                                                  "kind")}
     kinds = [stored for stored, name in KIND_NAMES.items() if name in wanted]
     return _json(Removed(user=user, removed=_counts(api.store.clear(user, kinds))))
+
+
+@CATALOG.route(bp, "GET", "/stats", answers={200: Stats, 401: Error, 429: Error})
+def stats() -> Response:
+    """The live numbers of the admin dashboard: every worker's metrics, summed and one by
+    one, the stored backlog, the ingest lease and Redis' health.
+
+    The same values as /metrics, the backlog as last counted. Redis being down is part of
+    the answer, not an error.
+    """
+    api = _api()
+    gateway = current_app.extensions["pushapp"]
+    now_ms = int(time.time() * 1000)
+    totals = metrics.totals()
+    started = time.perf_counter()
+    nodes: dict[str, int] = {}
+    lease = None
+    try:
+        api.store.redis.ping()
+        health = RedisHealth(ok=True, latency_ms=round((time.perf_counter() - started) * 1000, 3))
+        nodes, lease = api.store.nodes(), api.store.lease_holder()
+        saved = api.store.saved_backlog()
+        if saved is not None:
+            totals["stored"] = {KIND_NAMES[kind]: count for kind, count in saved[0].items()}
+    except redis.RedisError as exc:
+        health = RedisHealth(ok=False, error=str(exc))
+    return _json(Stats(time_ms=now_ms, node=gateway.bridge.node, redis=health, lease=lease,
+                       totals=totals, workers=_workers(nodes, lease, now_ms)))
+
+
+def _workers(nodes: dict[str, int], lease: str | None, now_ms: int) -> list[WorkerStats]:
+    """Every node Redis has a heartbeat of, with the metrics of those of this gunicorn
+    (by pid), and this gunicorn's workers that Redis does not know of."""
+    local = metrics.by_worker()
+    host = socket.gethostname()
+    found = []
+    for node, expiry in sorted(nodes.items()):
+        node_host, _, rest = node.partition(":")
+        pid = int(rest.partition(":")[0] or 0)
+        found.append(WorkerStats(node=node, pid=pid, heartbeat_ms=expiry - now_ms,
+                                 leader=node == lease,
+                                 metrics=local.pop(pid, None) if node_host == host else None))
+    found += [WorkerStats(pid=pid, leader=False, metrics=numbers)
+              for pid, numbers in local.items()]
+    return found
 
 
 @CATALOG.route(bp, "GET", "/openapi.json", answers={200: "application/json"}, public=True)

@@ -9,12 +9,13 @@ import gevent
 from flask import Flask
 from flask_socketio import SocketIO
 
-from . import api, logs, metrics, payloads, web
+from . import api, logs, metrics, pages, payloads, web
 from .bridge import Bridge, node_name
 from .config import Config, ConfigError
 from .delivery import Delivery
 from .drain import Drain
 from .events import GatewayServer, Events
+from .limits import Limits
 from .manager import GatewayManager
 from .memory import MemoryReturn
 from .routing import Router
@@ -33,6 +34,7 @@ class Gateway:
     router: Router
     bridge: Bridge
     drain: Drain
+    limits: Limits
 
     expiry_watch: gevent.Greenlet
     memory_watch: gevent.Greenlet
@@ -43,6 +45,7 @@ class Gateway:
         self.memory_watch.kill(block=False)
         self.backlog_count.kill(block=False)
         self.socketio.server.eio.pinger.stop()
+        self.socketio.server.eio.login_watch.stop()
         self.bridge.close()
 
 
@@ -57,7 +60,8 @@ def create_app(config: Config | None = None) -> Flask:
     logging.getLogger("geventwebsocket.handler").setLevel(
         max(logging.WARNING, logging.getLogger().level))
 
-    app = Flask(__name__)
+    # The pages' blueprint serves /static itself.
+    app = Flask(__name__, static_folder=None)
     socketio = SocketIO(
         app,
         async_mode="gevent",
@@ -73,23 +77,27 @@ def create_app(config: Config | None = None) -> Flask:
         logger=False,
         engineio_logger=False,
     )
-    GatewayServer.adopt(socketio.server)
-    LeanEngineServer.adopt(
-        socketio.server.eio, socketio.server.environ, config.send_backlog_max_bytes,
-        config.socket_capacity(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+    limits = Limits.from_config(config)
+    GatewayServer.adopt(socketio.server, limits)
 
     store = Store(config, connect(config))
     delivery = Delivery(config, store, socketio.server, node_name())
     router = Router(config, store, delivery)
-    Events(config, store, delivery, router, socketio.server).register()
+    events = Events(config, store, delivery, router, socketio.server)
+    events.register()
+    LeanEngineServer.adopt(
+        socketio.server.eio, socketio.server.environ, config,
+        config.socket_capacity(resource.getrlimit(resource.RLIMIT_NOFILE)[0]), limits,
+        events.logged_in)
     app.register_blueprint(web.bp)
     api.init_app(app, config, store, router)
+    pages.init_app(app, config)
 
     bridge = Bridge(config, store, router)
     bridge.start()
     app.extensions["pushapp"] = Gateway(
         config, socketio, store, delivery, router, bridge,
-        Drain(config.drain_window, socketio.server, delivery, bridge),
+        Drain(config.drain_window, socketio.server, delivery, bridge), limits,
         gevent.spawn(delivery.watch_expiries),
         gevent.spawn(MemoryReturn(lambda: len(delivery.by_sid)).run),
         gevent.spawn(metrics.BacklogCount(store, lambda: bridge.leader).run))

@@ -221,6 +221,7 @@ class Bridge:
             try:
                 pubsub.subscribe(self.node_channel)
                 self.subscribed = True
+                metrics.LISTENER.set(1)
                 log.info("listener subscribed to %s", self.node_channel)
                 backoff = 0.1
                 self._serve(pubsub)
@@ -229,6 +230,7 @@ class Bridge:
                 metrics.LISTENER_RECONNECTS.inc()
             finally:
                 self.subscribed = self.hearing = False
+                metrics.LISTENER.set(0)
                 pubsub.close()
             gevent.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, _MAX_BACKOFF)

@@ -22,6 +22,7 @@ import socketio
 
 from . import logs, metrics, payloads
 from .ackwatch import AckWatch
+from .addresses import client_address
 from .collector import Collector
 from .config import Config
 from .identity import Identity
@@ -41,9 +42,9 @@ class Conn:
 
     __slots__ = ("sid", "user", "device", "claims", "expires", "chat_cursor", "notif_cursor",
                  "busy", "dirty", "unacked_chats", "unacked_notifs", "resend_at", "push_at",
-                 "closed", "tokens", "stamp", "strikes")
+                 "closed")
 
-    def __init__(self, sid: str, burst: int) -> None:
+    def __init__(self, sid: str) -> None:
         self.sid = sid
         self.user: str | None = None
         self.device = ""
@@ -58,9 +59,6 @@ class Conn:
         self.resend_at = math.inf
         self.push_at = math.inf
         self.closed = False
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-        self.strikes = 0
 
 
 class Delivery:
@@ -79,7 +77,7 @@ class Delivery:
         self._ack_watch = AckWatch(config.ack_timeout, config.push_delay, self._resend, self.push)
 
     def connect(self, sid: str) -> Conn:
-        conn = self.by_sid[sid] = Conn(sid, self.config.rate_burst)
+        conn = self.by_sid[sid] = Conn(sid)
         return conn
 
     def login(self, sid: str, who: Identity, userinfo: bytes, address: str,
@@ -181,8 +179,9 @@ class Delivery:
             metrics.ERRORS.labels("redis").inc()
 
     def address(self, sid: str) -> str:
-        """The socket's peer address, from the environ Engine.IO keeps anyway."""
-        return (self.server.get_environ(sid) or {}).get("REMOTE_ADDR", "")
+        """The socket's client address, from the environ Engine.IO keeps anyway."""
+        return client_address(self.server.get_environ(sid) or {},
+                              self.config.forwarded_allow_ips)
 
     def settle(self) -> None:
         """Write the acks and unbinds still waiting for their tick: the worker is stopping."""

@@ -17,14 +17,18 @@ from typing import Any, Callable
 import gevent
 import redis
 import socketio
+from socketio import packet
 
 from . import logs, metrics, payloads
 from .config import Config
+from .addresses import client_address
 from .delivery import CHAT, NOTIF, Conn, Delivery
+from .frames import POLICY_VIOLATION
 from .identity import AuthError, Authenticator
-from .limits import RateLimiter, Verdict
+from .limits import Limits, Verdict
 from .routing import Router
 from .store import Store
+from .transport import LeanSocket
 
 log = logging.getLogger(__name__)
 
@@ -35,30 +39,101 @@ UNHEARD_WARNING_INTERVAL = 60.0
 _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack", default=False)
 
 
-class GatewayServer(socketio.Server):
-    """python-socketio's server with two changes for untrusted clients.
+# Exceptions that python-socketio raises on a packet that cannot be decoded or dispatched.
+_UNDECODABLE = (ValueError, TypeError, IndexError, KeyError, RecursionError)
+# The first character of a Socket.IO BINARY_EVENT or BINARY_ACK packet.
+_BINARY_TYPES = (str(packet.BINARY_EVENT), str(packet.BINARY_ACK))
+_ASKS_WORK = (packet.CONNECT, packet.DISCONNECT, packet.EVENT)
 
-    It records whether the client asked for an ack, so that a handler can answer an error
-    as the ack when there is one and as an ``error`` event when there is not. And a packet
-    that cannot be decoded costs one log line instead of a traceback, so garbage from a
-    client cannot flood the log; the socket stays connected.
+
+class GatewayServer(socketio.Server):
+    """python-socketio's server, with every packet a client sends policed first.
+
+    Limits belong to the connection (the Engine.IO socket, pushapp.limits), so that
+    leaving and joining the namespace again (``41``, ``40``) resets nothing:
+
+    - binary packets (``45…``, ``46…``) cut the connection off: the contract has none,
+      and python-socketio would buffer the attachments they announce without bound;
+    - a packet that cannot be decoded, or an ack of nothing the server sent, is a strike;
+    - every other packet (an event, a namespace connect or disconnect) spends a token of
+      the connection's bucket; over the rate it is refused, an event with the reason,
+      and ``RATE_STRIKES`` refusals in a row cut the connection off.
+
+    It also records whether the client asked for an ack, so that a handler can answer an
+    error as the ack when there is one and as an ``error`` event when there is not.
     """
 
+    limits: Limits
+
     @classmethod
-    def adopt(cls, server: socketio.Server) -> None:
+    def adopt(cls, server: socketio.Server, limits: Limits) -> None:
         """Turn the server Flask-SocketIO built into this class. Flask-SocketIO offers no way
         to pass a server class; the Engine.IO message handler was bound at construction,
         so it is bound again."""
         server.__class__ = cls
+        server.limits = limits
         server.eio.on("message", server._handle_eio_message)
 
-    def _handle_eio_message(self, eio_sid, data):
+    def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None:
+            return  # closed meanwhile
+        if not isinstance(data, str) or data[:1] in _BINARY_TYPES:
+            sock.refuse_binary()
+            return
         try:
-            return super()._handle_eio_message(eio_sid, data)
-        except (ValueError, TypeError, IndexError, KeyError, RecursionError) as exc:
-            log.warning("dropped a malformed packet from eio_sid=%s: %s: %.100r",
-                        eio_sid, type(exc).__name__, data)
-            metrics.ERRORS.labels("malformed_packet").inc()
+            pkt = self.packet_class(encoded_packet=data)
+            namespace = pkt.namespace or "/"
+            if pkt.packet_type == packet.ACK:
+                self._client_ack(sock, eio_sid, namespace, pkt, data)
+                return
+            if pkt.packet_type not in _ASKS_WORK:
+                raise ValueError(f"a client may not send packet type {pkt.packet_type}")
+            verdict = self.limits.limiter.check(sock)
+            if verdict is not Verdict.ALLOW:
+                self._over_rate(sock, eio_sid, pkt, verdict is Verdict.ABUSE)
+            elif pkt.packet_type == packet.CONNECT:
+                self._handle_connect(eio_sid, namespace, pkt.data)
+                if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
+                    sock.handshake_done()
+            elif pkt.packet_type == packet.DISCONNECT:
+                self._handle_disconnect(eio_sid, namespace, self.reason.CLIENT_DISCONNECT)
+            else:
+                self._handle_event(eio_sid, namespace, pkt.id, pkt.data)
+        except _UNDECODABLE as exc:
+            sock.misbehaved("malformed_packet", f"unusable Socket.IO packet ({exc})", data)
+
+    def _client_ack(self, sock: LeanSocket, eio_sid: str, namespace: str, pkt: packet.Packet,
+                    data: str) -> None:
+        """An ack is free (the server asked for it), unless it answers nothing it sent. (Ack
+        ids start at 1: python-socketio keeps its id counter under 0.)"""
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if not pkt.id or pkt.id not in self.manager.callbacks.get(sid, ()):
+            sock.misbehaved("bad_ack", "an ack of nothing sent", data)
+            return
+        self._handle_ack(eio_sid, namespace, pkt.id, pkt.data)
+
+    def _over_rate(self, sock: LeanSocket, eio_sid: str, pkt: packet.Packet, abuse: bool) -> None:
+        """Refuse a packet over the connection's rate, with the reason; cut the connection
+        off after ``RATE_STRIKES`` refusals in a row."""
+        reason = f"rate limited: at most {self.limits.limiter.rate:g} events per second"
+        if abuse:
+            reason += "; disconnecting"
+        self.limits.errors.report("rate_limited", sock, "eio_sid=%s address=%s: %s", eio_sid,
+                                  sock.address, reason, level=logging.INFO)
+        if pkt.packet_type == packet.EVENT:
+            answer = (self.packet_class(packet.ACK, namespace=pkt.namespace, id=pkt.id,
+                                        data=[{"error": reason}]) if pkt.id is not None else
+                      self.packet_class(packet.EVENT, namespace=pkt.namespace, data=[
+                          "error", {"event": event_name(pkt.data), "error": reason}]))
+            self._send_packet(eio_sid, answer)
+        elif pkt.packet_type == packet.CONNECT:
+            self._send_packet(eio_sid, self.packet_class(
+                packet.CONNECT_ERROR, data={"message": reason}, namespace=pkt.namespace))
+        if abuse:
+            self.limits.errors.report("abuse", None, "eio_sid=%s address=%s: cut off: event "
+                                      "flood", eio_sid, sock.address)
+            sock.cut_off(POLICY_VIOLATION, "event flood")
 
     def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):  # noqa: A002
         token = _ack_requested.set(id is not None)
@@ -66,6 +141,12 @@ class GatewayServer(socketio.Server):
             return super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
         finally:
             _ack_requested.reset(token)
+
+
+def event_name(data: Any) -> str:
+    """The event an EVENT packet's data (or a handler's arguments) names, as far as it
+    names one, for answers and log lines."""
+    return str(data[0])[:64] if isinstance(data, (list, tuple)) and data else "?"
 
 
 class Unheard:
@@ -93,14 +174,14 @@ class Unheard:
 
 class Events:
     def __init__(self, config: Config, store: Store, delivery: Delivery, router: Router,
-                 server: socketio.Server) -> None:
+                 server: GatewayServer) -> None:
         self.config = config
         self.store = store
         self.delivery = delivery
         self.router = router
         self.server = server
+        self.errors = server.limits.errors
         self.auth = Authenticator(config)
-        self.limiter = RateLimiter(config)
         self.per_address: dict[str, int] = {}
         self.unheard = Unheard(config.channel_chat_filter)
 
@@ -116,31 +197,21 @@ class Events:
         self.server.on("*", lambda event, sid, *args: unknown(sid, event, *args))
 
     def _guard(self, event: str, handler: Callable[..., Any]) -> Callable[..., Any]:
-        """Rate-limit, run, and turn every failure into an answer to the client."""
+        """Run, and turn every failure into an answer to the client. (The rate was
+        checked before, for the whole connection: GatewayServer.)"""
         @functools.wraps(handler)
         def guarded(sid: str, *args: Any) -> Any:
-            name = str(args[0])[:64] if event == "*" and args else event
-            conn = self.delivery.by_sid.get(sid)
-            if conn is None:
+            name = event_name(args) if event == "*" else event
+            if sid not in self.delivery.by_sid:
                 return self._reject(sid, name, "not connected")
-            verdict = self.limiter.check(conn)
-            if verdict is not Verdict.ALLOW:
-                metrics.ERRORS.labels("rate_limited").inc()
-                limit = f"rate limited: at most {self.config.rate_limit:g} events per second"
-                if verdict is Verdict.ABUSE:
-                    log.warning("disconnecting sid=%s address=%s: event flood", sid,
-                                self.delivery.address(sid))
-                    return self._reject(sid, name, limit + "; disconnecting", close=True)
-                return self._reject(sid, name, limit)
             try:
                 return handler(sid, *args)
             except AuthError as exc:
-                metrics.ERRORS.labels("auth_refused").inc()
-                log.warning("%s refused sid=%s address=%s: %s", name, sid,
-                            self.delivery.address(sid), exc)
+                self._client_error("auth_refused", sid, "%s refused: %s", name, exc)
                 return self._reject(sid, name, str(exc), close=True)
             except payloads.PayloadError as exc:
-                metrics.ERRORS.labels("client_event_invalid").inc()
+                self._client_error("client_event_invalid", sid, "rejected %s: %s", name, exc,
+                                   level=logging.INFO)
                 return self._reject(sid, name, str(exc))
             except redis.RedisError as exc:
                 log.error("%s from sid=%s failed, Redis unavailable: %s", name, sid, exc)
@@ -156,13 +227,29 @@ class Events:
     def _reject(self, sid: str, event: str, reason: str, close: bool = False) -> dict | None:
         """Answer ``reason`` as the ack, or as an ``error`` event when no ack was asked for;
         with ``close``, disconnect once the answer has been queued."""
-        log.info("rejected %s from sid=%s: %s", event, sid, reason)
         if close:
             gevent.spawn(self.server.disconnect, sid)
         if _ack_requested.get():
             return {"error": reason}
         self.server.emit("error", {"event": event, "error": reason}, to=sid)
         return None
+
+    def _client_error(self, reason: str, sid: str, message: str, *args: Any,
+                      level: int = logging.WARNING) -> None:
+        """Count and (within the budgets of pushapp.limits.ClientErrors) log a client's
+        mistake, with its sid and address."""
+        self.errors.report(reason, self._socket(sid), "sid=%s address=%s: " + message, sid,
+                           self.delivery.address(sid), *args, level=level)
+
+    def _socket(self, sid: str) -> LeanSocket | None:
+        """The Engine.IO socket (the connection) of the namespace connection ``sid``."""
+        return self.server.eio.sockets.get(self.server.manager.eio_sid_from_sid(sid, "/"))
+
+    def logged_in(self, eio_sid: str) -> bool:
+        """Whether the Engine.IO socket ``eio_sid`` is logged in (pushapp.transport closes
+        it if it is not, ``LOGIN_TIMEOUT`` after it opened or left its namespace)."""
+        conn = self.delivery.by_sid.get(self.server.manager.sid_from_eio_sid(eio_sid, "/"))
+        return conn is not None and conn.user is not None
 
     def _conn(self, sid: str) -> Conn:
         conn = self.delivery.by_sid[sid]
@@ -172,10 +259,11 @@ class Events:
 
     def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
         """Count the address, check a token given in the connect auth, keep its claims."""
-        address = environ.get("REMOTE_ADDR", "")
+        address = client_address(environ, self.config.forwarded_allow_ips)
         limit = self.config.max_connections_per_ip
         if limit and self.per_address.get(address, 0) >= limit:
-            log.warning("refused connection from %s: %d connections already", address, limit)
+            self.errors.report("connections_per_ip", None, "refused connection from %s: %d "
+                               "connections already", address, limit)
             raise socketio.exceptions.ConnectionRefusedError(
                 "too many connections from this address")
         claims = None
@@ -183,8 +271,8 @@ class Events:
             try:
                 claims = self.auth.verify(auth["token"])
             except AuthError as exc:
-                metrics.ERRORS.labels("auth_refused").inc()
-                log.warning("connect refused sid=%s address=%s: %s", sid, address, exc)
+                self.errors.report("auth_refused", None, "connect refused sid=%s address=%s: %s",
+                                   sid, address, exc)
                 raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         self.per_address[address] = self.per_address.get(address, 0) + 1
         self.delivery.connect(sid).claims = claims
@@ -192,6 +280,17 @@ class Events:
         metrics.CONNECTIONS.inc()
 
     def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        """Uncount the address and forget the socket; a logged-in user leaves its rate
+        bucket behind for its next login. If only the namespace was left (the client's
+        ``41``, a kick) and the connection stays open, it must log in again within
+        ``LOGIN_TIMEOUT``."""
+        sock = self._socket(sid)
+        conn = self.delivery.by_sid.get(sid)
+        if sock is not None:
+            if conn is not None and conn.user is not None:
+                self.server.limits.limiter.leave(conn.user, sock)
+            if not (sock.closing or sock.closed):
+                self.server.eio.login_watch.add(sock.sid)
         address = self.delivery.address(sid)
         left = self.per_address.get(address, 0) - 1
         if left > 0:
@@ -212,6 +311,9 @@ class Events:
         userinfo.setdefault("myAuraId", who.user)
         self.delivery.login(sid, who, payloads.dumps(userinfo), self.delivery.address(sid),
                             seen)
+        sock = self._socket(sid)
+        if sock is not None:
+            self.server.limits.limiter.join(who.user, sock)
         return 1
 
     def on_refresh(self, sid: str, *args: Any) -> int:

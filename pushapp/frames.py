@@ -16,7 +16,9 @@ CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 NORMAL_CLOSURE = 1000
 PROTOCOL_ERROR = 1002
+UNSUPPORTED_DATA = 1003
 INVALID_DATA = 1007
+POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 SERVICE_RESTART = 1012
 TRY_AGAIN_LATER = 1013
@@ -55,13 +57,15 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
 class FrameReader:
     """Whole messages out of the bytes a client sends: ``feed`` returns a list of
     ``(opcode, payload)`` with TEXT payloads decoded, fragments joined and control frames
-    passed as they come. Raises :class:`FrameError` when the client breaks the protocol
-    or a message would pass ``limit`` bytes."""
+    passed as they come. Raises :class:`FrameError` when the client breaks the protocol,
+    a message would pass ``limit`` bytes, or, without ``binary``, a message is binary:
+    refused from its first header, so that none of it is buffered."""
 
-    __slots__ = ("limit", "_buffer", "_parts", "_opcode", "_size")
+    __slots__ = ("limit", "binary", "_buffer", "_parts", "_opcode", "_size")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, binary: bool = True) -> None:
         self.limit = limit
+        self.binary = binary
         self._buffer = b""
         self._parts: list[bytes] | None = None
         self._opcode = 0
@@ -88,6 +92,8 @@ class FrameReader:
                 size, head = int.from_bytes(buffer[head:head + 8], "big"), head + 8
             if opcode >= CLOSE and (size > 125 or not first & 0x80):
                 raise FrameError(PROTOCOL_ERROR, "a control frame must be whole and short")
+            if opcode == BINARY and not self.binary:
+                raise FrameError(UNSUPPORTED_DATA, "binary messages are not accepted")
             if size + self._size > self.limit:
                 raise FrameError(MESSAGE_TOO_BIG, f"a message over {self.limit} bytes")
             if end - head < 4 + size:

@@ -15,10 +15,13 @@ messages with it unseen, so they would drift.
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 import gevent
 import redis
@@ -49,6 +52,22 @@ LATENCY = Histogram("pushapp_delivery_latency_seconds", "From storing a message 
 LISTENER_RECONNECTS = Counter("pushapp_listener_reconnects", "Times the pub/sub listener lost "
                               "Redis and connected again")
 ERRORS = Counter("pushapp_errors", "Errors, by reason", ["reason"])
+LISTENER = Gauge("pushapp_listener_subscribed", "1 while this worker's pub/sub listener is "
+                 "subscribed to Redis", multiprocess_mode="liveall")
+
+# The samples the admin dashboard shows (api.stats), by the short names it uses.
+SHOWN = {
+    "pushapp_connections": "connections",
+    "pushapp_logins_total": "logins",
+    "pushapp_messages_in_total": "messages_in",
+    "pushapp_messages_out_total": "messages_out",
+    "pushapp_acks_total": "acks",
+    "pushapp_redeliveries_total": "redeliveries",
+    "pushapp_listener_reconnects_total": "listener_reconnects",
+    "pushapp_listener_subscribed": "listener",
+    "pushapp_errors_total": "errors",
+    "pushapp_stored_messages": "stored",
+}
 
 
 def acked(kind: str, ids: Iterable[str]) -> None:
@@ -126,11 +145,58 @@ class BacklogCount:
         return wait
 
 
+def _registries(backlog: Backlog | None) -> list[CollectorRegistry]:
+    """Every worker's values (this process's alone when not under gunicorn), with the
+    backlog if given."""
+    registry = CollectorRegistry()
+    if backlog is not None:
+        registry.register(backlog)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return [REGISTRY, registry]
+    multiprocess.MultiProcessCollector(registry)
+    return [registry]
+
+
 def exposition(store: Store) -> tuple[bytes, str]:
     """The text Prometheus scrapes: every worker's values, and the backlog."""
-    registry = CollectorRegistry()
-    registry.register(Backlog(store))
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return generate_latest(REGISTRY) + generate_latest(registry), CONTENT_TYPE_LATEST
-    multiprocess.MultiProcessCollector(registry)
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return (b"".join(generate_latest(registry) for registry in _registries(Backlog(store))),
+            CONTENT_TYPE_LATEST)
+
+
+def summary(families: Iterable[Metric]) -> dict[str, float | dict[str, float]]:
+    """The ``SHOWN`` samples of ``families`` by short name; a labelled one (kind, reason)
+    as a mapping of its label's values. Histograms and per-process labels are left out."""
+    found: dict[str, Any] = {}
+    for family in families:
+        for sample in family.samples:
+            name = SHOWN.get(sample.name)
+            if name is None:
+                continue
+            labels = [value for label, value in sample.labels.items() if label != "pid"]
+            if labels:
+                by_label = found.setdefault(name, {})
+                by_label[labels[0]] = by_label.get(labels[0], 0.0) + sample.value
+            else:
+                found[name] = found.get(name, 0.0) + sample.value
+    return found
+
+
+def totals() -> dict[str, float | dict[str, float]]:
+    """Every worker's values summed, as /metrics gives them, without the backlog (a read
+    of Redis, which the caller makes where it can answer for Redis failing)."""
+    return summary(family for registry in _registries(None) for family in registry.collect())
+
+
+def by_worker() -> dict[int, dict[str, float | dict[str, float]]]:
+    """Each live worker's own values, by pid: the files that /metrics adds up, one
+    worker's at a time. Empty when not under gunicorn (no files)."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return {}
+    files = glob.glob(os.path.join(folder, "*.db"))
+    # A live worker has gauge_live*_<pid>.db files; gunicorn removes a dead one's.
+    live = {int(Path(name).stem.rpartition("_")[2]) for name in files
+            if Path(name).name.startswith("gauge_live")}
+    return {pid: summary(multiprocess.MultiProcessCollector.merge(
+                [name for name in files if Path(name).stem.endswith(f"_{pid}")]))
+            for pid in sorted(live)}

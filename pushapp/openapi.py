@@ -27,6 +27,7 @@ _STATUS = {
     409: "A request with this Idempotency-Key is still in flight: retry later",
     413: "The body is larger than API_MAX_BODY_BYTES",
     422: "A field is invalid; errors names each",
+    429: "Too many wrong API keys from this address: retry after Retry-After seconds",
     503: "Redis failed, nothing was done (a batch: see done); retry",
 }
 

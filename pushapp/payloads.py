@@ -10,6 +10,11 @@ from typing import Any, NamedTuple
 
 import orjson
 
+# Levels of nesting a payload may have. Real ones have two or three; orjson parses up to
+# 1024 but encodes only up to 254 (a deeper payload would fail when stored or published),
+# and each level costs recursion wherever a payload is walked.
+MAX_NESTING = 32
+
 
 class PayloadError(ValueError):
     """The payload cannot be used; ``str()`` of it is the reason sent back."""
@@ -41,7 +46,23 @@ def parse_object(data: bytes | str, what: str = "message") -> dict:
         raise PayloadError(f"{what} is not valid JSON") from None
     if not isinstance(value, dict):
         raise PayloadError(f"{what} must be a JSON object, not {_kind(value)}")
+    shallow(value, what)
     return value
+
+
+def shallow(value: Any, what: str = "payload") -> None:
+    """Refuse a value nested deeper than ``MAX_NESTING`` levels. It looks one level at a
+    time, at the objects and lists only, without recursion."""
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        if depth > MAX_NESTING:
+            raise PayloadError(f"{what} is nested too deep: more than {MAX_NESTING} levels")
+        inner: list = []
+        for item in level:
+            inner.extend(child for child in (item.values() if isinstance(item, dict) else item)
+                         if isinstance(child, (dict, list)))
+        level = inner
 
 
 def event_object(args: tuple, max_bytes: int) -> tuple[dict, bytes]:
@@ -56,8 +77,10 @@ def event_object(args: tuple, max_bytes: int) -> tuple[dict, bytes]:
         if len(value) > max_bytes:
             raise PayloadError(f"payload too large: over {max_bytes} bytes")
         value = parse_object(value, "payload")
-    if not isinstance(value, dict):
+    elif not isinstance(value, dict):
         raise PayloadError(f"payload must be a JSON object, not {_kind(value)}")
+    else:
+        shallow(value)
     raw = orjson.dumps(value)
     if len(raw) > max_bytes:
         raise PayloadError(f"payload too large: {len(raw)} bytes, the limit is {max_bytes}")

@@ -44,6 +44,11 @@ IDEMPOTENCY_KEY = TypeAdapter(Annotated[str, Field(
     description="makes retries safe: a request with a key seen in the last IDEMPOTENCY_TTL "
                 "seconds gets the first answer and stores nothing again")])
 KIND = TypeAdapter(Literal["chat", "notification"])
+LAST = TypeAdapter(Annotated[int, Field(ge=0, le=100, description="also list the newest "
+                                                                  "pending messages, this many "
+                                                                  "of each kind at most")])
+LIMIT = TypeAdapter(Annotated[int, Field(ge=1, le=1000, description="users listed at most "
+                                                                   "(default 100)")])
 
 NeedStore = Annotated[Union[bool, Annotated[int, Field(ge=0, le=1)]],
                       _checked(payloads.need_store_problem)]
@@ -135,9 +140,26 @@ class Counts(BaseModel):
     notification: int
 
 
+class Online(BaseModel):
+    users: list[Presence] = Field(description="users online now, by user id")
+    more: bool = Field(description="whether more users are online than listed")
+
+
+class PendingMessage(BaseModel):
+    """A stored message waiting for an ack, without its content."""
+
+    kind: Literal["chat", "notification"]
+    id: str = Field(description="the mid the client receives and acks")
+    bytes: int = Field(description="size of the message as stored")
+    age_ms: int = Field(description="milliseconds since it was stored")
+
+
 class Pending(BaseModel):
     user: str
     pending: Counts = Field(description="stored messages waiting for the user's ack")
+    last: list[PendingMessage] | None = Field(None, description="with ?last=N: the newest "
+                                                                "pending messages of each "
+                                                                "kind, newest first")
 
 
 class Removed(BaseModel):
@@ -162,3 +184,39 @@ class Ready(BaseModel):
     node: str | None = Field(None, description="the worker that answered (host:pid:tag)")
     leader: bool | None = Field(None, description="whether it stores channel messages")
     reason: str | None = Field(None, description="why not ready")
+
+
+Numbers = dict[str, Union[float, dict[str, float]]]
+
+
+class RedisHealth(BaseModel):
+    ok: bool
+    latency_ms: float | None = Field(None, description="round trip of a PING")
+    error: str | None = None
+
+
+class WorkerStats(BaseModel):
+    """One gateway worker: what Redis knows of it, and its own metrics where they are
+    readable (workers of this gunicorn instance)."""
+
+    node: str | None = Field(None, description="host:pid:tag, as in presence and readiness; "
+                                               "unset when Redis cannot be read")
+    pid: int
+    heartbeat_ms: int | None = Field(None, description="milliseconds its heartbeat is still "
+                                                       "valid (negative: stale)")
+    leader: bool = Field(description="whether it holds the ingest lease")
+    metrics: Numbers | None = Field(None, description="its own counters, as in totals")
+
+
+class Stats(BaseModel):
+    """What the admin dashboard shows: the numbers of /metrics, summed and per worker,
+    and the state of Redis and of the ingest lease."""
+
+    time_ms: int = Field(description="when this was read, Unix milliseconds")
+    node: str = Field(description="the worker that answered")
+    redis: RedisHealth
+    lease: str | None = Field(None, description="the node holding the ingest lease")
+    totals: Numbers = Field(description="the /metrics counters and gauges of every worker, by "
+                                        "short name (logins, messages_in, …); labelled ones "
+                                        "by label (kind, reason)")
+    workers: list[WorkerStats]

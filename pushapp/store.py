@@ -386,6 +386,14 @@ class Store:
                 pipe.xlen(self.stream_key(kind, user))
             return dict(zip(KINDS, pipe.execute()))
 
+    def newest(self, user: str, count: int) -> dict[str, list[Entry]]:
+        """The ``count`` newest pending messages of each kind for ``user``, newest first."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for kind in KINDS:
+                pipe.xrevrange(self.stream_key(kind, user), count=count)
+            return {kind: [Entry(_text(msg_id), fields[b"m"]) for msg_id, fields in rows]
+                    for kind, rows in zip(KINDS, pipe.execute())}
+
     def clear(self, user: str, kinds: Sequence[str] = KINDS) -> dict[str, int]:
         """Drop every stored message of ``kinds`` for ``user``; says how many went."""
         with self.redis.pipeline(transaction=True) as pipe:
@@ -444,6 +452,26 @@ class Store:
         """The user's socket, if their node's heartbeat is fresh."""
         return Presence.decode(self._presence(keys=[self.online_key, self.nodes_key],
                                               args=[user, int(time.time() * 1000)]))
+
+    def online(self, limit: int) -> tuple[list[tuple[str, Presence]], bool]:
+        """Up to ``limit`` users whose node is alive, and whether there are more. It walks
+        the presence hash (HSCAN) until it has found that many: for a look, not for a
+        request path."""
+        now = int(time.time() * 1000)
+        live = {node for node, expiry in self.nodes().items() if expiry >= now}
+        found: list[tuple[str, Presence]] = []
+        for user, raw in self.redis.hscan_iter(self.online_key, count=1000):
+            presence = Presence.decode(raw)
+            if presence is not None and presence.node in live:
+                if len(found) == limit:
+                    return found, True
+                found.append((_text(user), presence))
+        return found, False
+
+    def nodes(self) -> dict[str, int]:
+        """Every node's heartbeat: until when (Unix ms) it counts as alive."""
+        return {_text(node): int(expiry) for node, expiry in self.redis.hgetall(self.nodes_key)
+                .items()}
 
     def heartbeat(self, node: str, ttl: float) -> None:
         """Tell every node that ``node`` is alive for ``ttl`` more seconds."""

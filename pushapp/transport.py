@@ -24,20 +24,25 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import gevent
 import gevent.ssl
-from engineio import exceptions, packet
+from engineio import exceptions, packet, payload
 from engineio import server as engineio_server
 from engineio import socket as engineio_socket
 from gevent.monkey import get_original
 from gevent.socket import wait_write
 
-from .frames import (BINARY, CLOSE, NORMAL_CLOSURE, PING, PONG, SERVICE_RESTART, TEXT,
-                     TRY_AGAIN_LATER, FrameError, FrameReader, close_frame, frame)
+from .config import Config
+from .frames import (BINARY, CLOSE, NORMAL_CLOSURE, PING, POLICY_VIOLATION, PONG,
+                     SERVICE_RESTART, TEXT, TRY_AGAIN_LATER, UNSUPPORTED_DATA, FrameError,
+                     FrameReader, close_frame, frame)
+from .limits import Limits, Verdict
+from .worker import CLIENT_ADDRESS
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,8 @@ _CLOSE_WAIT = 5.0
 # What python-socketio keeps of the request's environ once the websocket is taken over;
 # the rest (the request's input, the handshake's websocket, and through them the HTTP
 # handler and its descriptor) is let go when the request ends.
-_KEPT_ENVIRON = ("REMOTE_ADDR", "REMOTE_PORT", "HTTP_USER_AGENT", "HTTP_X_FORWARDED_FOR")
+_KEPT_ENVIRON = ("REMOTE_ADDR", "REMOTE_PORT", "HTTP_USER_AGENT", "HTTP_X_FORWARDED_FOR",
+                 CLIENT_ADDRESS)
 
 
 class _Written:
@@ -70,8 +76,20 @@ _WRITTEN = _Written()
 class LeanSocket(engineio_socket.Socket):
     """An Engine.IO socket whose websocket is read by the event loop and written directly.
     The attributes below are class defaults, so a socket that never needs one (most
-    never have a backlog, say) holds nothing for it."""
+    never have a backlog, say) holds nothing for it.
 
+    It is also what pushapp limits: the connection a client holds, whatever it does with
+    Socket.IO namespaces on it. ``tokens``, ``stamp`` and ``strikes`` are its event
+    bucket (pushapp.limits.RateLimiter), ``log_window`` and ``logged`` its budget of
+    log lines (ClientErrors), ``handshake`` its client address until its Socket.IO
+    connect is done (Handshakes)."""
+
+    tokens = 0.0
+    stamp = -math.inf
+    strikes = 0
+    log_window = -1
+    logged = 0
+    handshake: str | None = None
     _sock: Any = None
     _reader: Any = None
     _frames: FrameReader | None = None
@@ -92,7 +110,7 @@ class LeanSocket(engineio_socket.Socket):
     def schedule_ping(self) -> None:
         if self.last_ping:
             self.last_ping = None
-            self.server.pinger.add(self)
+            self.server.pinger.add(self.sid)
 
     def ping(self) -> None:
         """Called by the worker's pinger when this socket's ping is due."""
@@ -101,8 +119,13 @@ class LeanSocket(engineio_socket.Socket):
             self.send(packet.Packet(packet.PING))
 
     def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        """Close the Engine.IO socket. It never waits for a long poll to take the close
+        packet (python-engineio's ``wait``): with no poll pending, the request that closes
+        it (a polling POST refused, say) would hang until the client polled again."""
         opened = not (self.closed or self.closing)
-        super().close(wait=wait, abort=abort, reason=reason)
+        super().close(wait=False, abort=abort, reason=reason)
+        if opened:
+            self.handshake_done()
         if not opened or self._sock is None:
             return
         self.server.sockets.pop(self.sid, None)
@@ -125,6 +148,88 @@ class LeanSocket(engineio_socket.Socket):
         self._write(close_frame(SERVICE_RESTART, "server restarting"))
         self._silent = True  # nothing may follow a close frame
         gevent.spawn_later(_CLOSE_WAIT, self._give_up_waiting)
+
+    def handshake_done(self) -> None:
+        """The Socket.IO connect is done, or the socket closed: its address has one
+        handshake less."""
+        if self.handshake is not None:
+            self.server.limits.handshakes.leave(self.handshake)
+            del self.handshake
+
+    def cut_off(self, code: int, reason: str) -> None:
+        """Close a connection that broke the rules, at once: nothing it sent after is
+        handled. A websocket gets close code ``code`` (standard clients take it as a lost
+        connection and reconnect with backoff); a long-polling session ends."""
+        if self._frames is None:
+            self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR)
+            return
+        if self._silent:
+            return  # cut off or said goodbye already
+        if self._inbox:
+            self._inbox.clear()
+        self._write(close_frame(code, reason))
+        self._silent = True
+        self._peer_ends()
+
+    def misbehaved(self, reason: str, what: str, data: Any) -> None:
+        """A packet this connection should not have sent (one that cannot be decoded, an
+        ack of nothing): one strike (pushapp.limits), a log line within the budgets, and
+        after ``RATE_STRIKES`` in a row the connection is cut off."""
+        limits = self.server.limits
+        verdict = limits.limiter.strike(self)
+        limits.errors.report(reason, self, "eio_sid=%s address=%s: %s: %.100r", self.sid,
+                             self.address, what, data)
+        if verdict is Verdict.ABUSE:
+            limits.errors.report("abuse", None, "eio_sid=%s address=%s: cut off after %d bad "
+                                 "packets in a row", self.sid, self.address, self.strikes)
+            self.cut_off(POLICY_VIOLATION, "too many bad packets")
+
+    def refuse_binary(self) -> None:
+        """Binary data (a binary websocket message, a polling payload's base64 packet, a
+        Socket.IO BINARY_EVENT or BINARY_ACK): the protocol has none, and a binary packet
+        announces attachments that python-socketio would buffer without bound. The
+        connection is cut off."""
+        self.server.limits.errors.report("binary", None, "eio_sid=%s address=%s: cut off: "
+                                         "binary data", self.sid, self.address)
+        self.cut_off(UNSUPPORTED_DATA, "binary data is not accepted")
+
+    @property
+    def address(self) -> str:
+        """The client's address, for log lines."""
+        environ = self.server.environs.get(self.sid, {})
+        return environ.get(CLIENT_ADDRESS) or environ.get("REMOTE_ADDR", "")
+
+    def handle_post_request(self, environ: dict) -> None:
+        """A long-polling POST. Its size was checked before it was read (pushapp.worker);
+        a payload that cannot be decoded is a strike, not python-engineio's traceback."""
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length)
+        try:
+            packets = payload.Payload(encoded_payload=body.decode()).packets
+        except (ValueError, TypeError, IndexError, UnicodeDecodeError) as exc:
+            self.misbehaved("malformed_packet", f"undecodable polling payload ({exc})", body)
+            return
+        for pkt in packets:
+            self.receive(pkt)
+
+    def receive(self, pkt: packet.Packet) -> None:
+        """An Engine.IO packet: binary data cuts the connection off; a packet the client
+        may not send now is a strike: a type it never sends (python-engineio's
+        UnknownPacketError), a pong to no ping, an upgrade on a websocket (each would
+        cost work, an upgrade an answer, for nothing)."""
+        if pkt.binary:
+            self.refuse_binary()
+            return
+        if (pkt.packet_type == packet.PONG and not self.last_ping) or (
+                pkt.packet_type == packet.UPGRADE and self._frames is not None):
+            self.misbehaved("malformed_packet", "unexpected Engine.IO packet",
+                            pkt.packet_type)
+            return
+        try:
+            super().receive(pkt)
+        except exceptions.UnknownPacketError:
+            self.misbehaved("malformed_packet", "unexpected Engine.IO packet type",
+                            pkt.packet_type)
 
     def _give_up_waiting(self) -> None:
         """The client did not answer a goodbye in time: end as if it had."""
@@ -188,7 +293,8 @@ class LeanSocket(engineio_socket.Socket):
         """Read through the event loop and write directly from now on: first what was
         queued before the websocket was there (the OPEN packet, say), then let the queue
         go."""
-        self._sock, self._frames = sock, FrameReader(self.server.max_http_buffer_size)
+        self._sock = sock
+        self._frames = FrameReader(self.server.max_http_buffer_size, binary=False)
         queued, self.queue = self.queue, _WRITTEN
         while not queued.empty():
             pkt = queued.get_nowait()
@@ -216,7 +322,9 @@ class LeanSocket(engineio_socket.Socket):
         try:
             messages = self._frames.feed(data)
         except FrameError as exc:
-            log.info("%s: websocket closed: %s", self.sid, exc)
+            self.server.limits.errors.report(
+                "bad_frame", self, "eio_sid=%s address=%s: websocket closed: %s", self.sid,
+                self.address, exc, level=logging.INFO)
             self._write(close_frame(exc.code, str(exc)))
             self._peer_ends()
             return
@@ -261,9 +369,7 @@ class LeanSocket(engineio_socket.Socket):
                                reason=self.server.reason.TRANSPORT_CLOSE)
                     return
                 try:
-                    self.receive(packet.Packet(encoded_packet=data))
-                except exceptions.UnknownPacketError:
-                    pass
+                    self._receive_text(data)
                 except exceptions.SocketIsClosedError:
                     return
                 except Exception:
@@ -279,6 +385,14 @@ class LeanSocket(engineio_socket.Socket):
             self._handling = False
             if not self._inbox:
                 self._inbox = None
+
+    def _receive_text(self, data: str) -> None:
+        try:
+            pkt = packet.Packet(encoded_packet=data)
+        except (ValueError, TypeError, IndexError) as exc:
+            self.misbehaved("malformed_packet", f"undecodable Engine.IO packet ({exc})", data)
+            return
+        self.receive(pkt)
 
     def _write(self, data: bytes) -> None:
         """Write without waiting; keep what the kernel did not take for the drainer."""
@@ -341,19 +455,23 @@ class LeanSocket(engineio_socket.Socket):
         sock.close()
 
 
-class Pinger:
-    """Sends each socket its ping ``interval`` seconds after it was scheduled, from one
-    greenlet for the whole worker. It keeps sids, not sockets, so that a socket closed
-    before its ping is due is freed at once."""
+class DueQueue:
+    """Calls ``due(sock)`` for each socket ``delay`` seconds after it was added, from one
+    greenlet for the whole worker, alive while some socket waits. The delay is the same
+    for every socket, so the sockets waiting form a queue already in due order: no heap,
+    no timer per socket. It keeps sids, not sockets, so that a socket closed before it is
+    due is freed at once."""
 
-    def __init__(self, interval: float, sockets: dict[str, LeanSocket]) -> None:
-        self.interval = interval
+    def __init__(self, delay: float, sockets: dict[str, LeanSocket],
+                 due: Callable[[LeanSocket], None]) -> None:
+        self.delay = delay
         self.sockets = sockets
-        self.due: collections.deque[tuple[float, str]] = collections.deque()
+        self.due = due
+        self.waiting: collections.deque[tuple[float, str]] = collections.deque()
         self._runner: gevent.Greenlet | None = None
 
-    def add(self, sock: LeanSocket) -> None:
-        self.due.append((time.monotonic() + self.interval, sock.sid))
+    def add(self, sid: str) -> None:
+        self.waiting.append((time.monotonic() + self.delay, sid))
         if self._runner is None:
             self._runner = gevent.spawn(self._run)
 
@@ -362,47 +480,66 @@ class Pinger:
             self._runner.kill(block=False)
 
     def _run(self) -> None:
-        while True:
-            now = time.monotonic()
-            while self.due and self.due[0][0] <= now:
-                sock = self.sockets.get(self.due.popleft()[1])
-                if sock is None:
-                    continue
-                try:
-                    sock.ping()
-                except Exception:
-                    log.exception("%s: ping failed", sock.sid)
-            gevent.sleep(self.due[0][0] - now if self.due else self.interval)
+        try:
+            while self.waiting:
+                now = time.monotonic()
+                while self.waiting and self.waiting[0][0] <= now:
+                    sock = self.sockets.get(self.waiting.popleft()[1])
+                    if sock is None:
+                        continue
+                    try:
+                        self.due(sock)
+                    except Exception:
+                        log.exception("%s: %s failed", sock.sid, self.due.__name__)
+                if self.waiting:
+                    gevent.sleep(self.waiting[0][0] - now)
+        finally:
+            self._runner = None
 
 
 class LeanEngineServer(engineio_server.Server):
     """python-engineio's server making :class:`LeanSocket` sockets, at most
-    ``max_sockets`` at a time. ``environs`` is python-socketio's environ per Engine.IO
-    sid."""
+    ``max_sockets`` at a time, and closing those that do not log in within
+    ``LOGIN_TIMEOUT``. ``environs`` is python-socketio's environ per Engine.IO sid."""
 
-    pinger: Pinger
+    pinger: DueQueue
+    login_watch: DueQueue
+    logged_in: Callable[[str], bool]
+    limits: Limits
     send_backlog_max: int
     max_sockets: int
     environs: dict[str, dict]
     _framed: tuple[packet.Packet | None, bytes] = (None, b"")
 
     @classmethod
-    def adopt(cls, server: engineio_server.Server, environs: dict[str, dict],
-              send_backlog_max: int, max_sockets: int) -> None:
+    def adopt(cls, server: engineio_server.Server, environs: dict[str, dict], config: Config,
+              max_sockets: int, limits: Limits, logged_in: Callable[[str], bool]) -> None:
         """Turn the server python-socketio built into this class (it offers no way to pass
-        one)."""
+        one). ``logged_in(sid)`` says whether the Engine.IO socket ``sid`` is logged in."""
         server.__class__ = cls
-        server.pinger = Pinger(server.ping_interval, server.sockets)
+        server.pinger = DueQueue(server.ping_interval, server.sockets, LeanSocket.ping)
+        server.login_watch = DueQueue(config.login_timeout, server.sockets, server._login_due)
+        server.logged_in = logged_in
+        server.limits = limits
         server.environs = environs
-        server.send_backlog_max = send_backlog_max
+        server.send_backlog_max = config.send_backlog_max_bytes
         server.max_sockets = max_sockets
         connect = server.handlers["connect"]
 
         def lean_connect(sid: str, environ: dict, *args: Any) -> Any:
             # The new socket's first event: it has sent nothing, no ping is scheduled.
             if len(server.sockets) > server.max_sockets:
-                return server._full(environ)
-            server.sockets[sid].__class__ = LeanSocket
+                return server._refuse(environ, "worker_full", "this worker is full", "this "
+                                      f"worker holds its maximum of {server.max_sockets} sockets")
+            address = environ.get(CLIENT_ADDRESS) or environ.get("REMOTE_ADDR", "")
+            if not server.limits.handshakes.enter(address):
+                limit = server.limits.handshakes.limit
+                return server._refuse(environ, "handshakes_per_ip", "too many handshakes from "
+                                      "this address", f"it has {limit} handshakes in progress")
+            sock = server.sockets[sid]
+            sock.__class__ = LeanSocket
+            sock.handshake = address
+            server.login_watch.add(sid)
             return connect(sid, environ, *args)
 
         server.on("connect", lean_connect)
@@ -418,16 +555,26 @@ class LeanEngineServer(engineio_server.Server):
             self._framed = (pkt, data)
         return data
 
-    def _full(self, environ: dict) -> str:
-        """Turn a new client away: a long poll gets the reason in a 401, a websocket (whose
-        handshake is already done) the close code 1013, try again later."""
-        log.warning("refused a connection: this worker holds its maximum of %d sockets",
-                    self.max_sockets)
+    def _login_due(self, sock: LeanSocket) -> None:
+        """``LOGIN_TIMEOUT`` after the socket opened or left its namespace: it is closed
+        unless it is logged in."""
+        if not self.logged_in(sock.sid):
+            self.limits.errors.report("login_timeout", None, "eio_sid=%s address=%s: cut off: "
+                                      "not logged in within LOGIN_TIMEOUT", sock.sid,
+                                      sock.address, level=logging.INFO)
+            sock.cut_off(POLICY_VIOLATION, "not logged in")
+
+    def _refuse(self, environ: dict, reason: str, why: str, because: str) -> str:
+        """Turn a new client away: a long poll gets ``why`` in a 401, a websocket (whose
+        handshake is already done) the close code 1013, try again later; the log line
+        (counted as ``reason``) says ``because``."""
+        self.limits.errors.report(reason, None, "refused a connection from %s: %s",
+                                  environ.get("REMOTE_ADDR", ""), because)
         websocket = environ.get("wsgi.websocket")
         if websocket is not None:
             try:
-                websocket.raw_write(close_frame(TRY_AGAIN_LATER, "this worker is full"))
+                websocket.raw_write(close_frame(TRY_AGAIN_LATER, why))
             except OSError:
                 pass
             websocket.closed = True
-        return "this worker is full; try again later"
+        return why + "; try again later"

@@ -4,8 +4,9 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
 
-from . import auth, metrics
+from . import api, auth, metrics
 from .openapi import CATALOG, TEXT
 from .schemas import Ready
 
@@ -55,5 +56,12 @@ def metrics_text() -> Response:
 
 
 @bp.app_errorhandler(404)
-def not_found(error: Exception) -> Response:
-    return Response("", status=404)
+@bp.app_errorhandler(405)
+def no_route(error: HTTPException) -> Response | tuple[Response, int]:
+    """A path no route has, or a method its route does not take: found before any
+    blueprint is, so answered here for all. Under the API's prefix as the API answers
+    (JSON); elsewhere with an empty body."""
+    if api.serves(request.path):
+        return api.no_route(error)
+    return Response("", status=error.code, mimetype="text/plain", headers=[
+        header for header in error.get_headers() if header[0] != "Content-Type"])

@@ -5,13 +5,18 @@ database of a server and two gateways must not both take one channel message.
 """
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
 
 from pushapp.embedded_redis import EmbeddedRedis, free_port
-from support import Client, Gateway, Subscriber, uid
+from support import JS_DIR, LACKING, Client, Gateway, Subscriber, uid
 
 SEED_CHANNELS = ("login_message_channel", "chat_filter_channel", "chat_message_history_channel",
                  "chat_message_channel", "geo")
@@ -101,3 +106,47 @@ def clients(gateway: Gateway) -> Iterator[Callable[..., Client]]:
 @pytest.fixture
 def user() -> str:
     return uid()
+
+
+def _pinned_version() -> str:
+    return json.loads((JS_DIR / "package.json").read_text())["dependencies"]["socket.io-client"]
+
+
+def _installed_version() -> str | None:
+    manifest = JS_DIR / "node_modules" / "socket.io-client" / "package.json"
+    return json.loads(manifest.read_text())["version"] if manifest.exists() else None
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """node's path, once tests/js has its locked packages: a fresh clone gets them from
+    ``npm ci``, and so does a checkout whose installed client is not the pinned one."""
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"JavaScript interop tests cannot run: {' and '.join(missing)} not on PATH. "
+                    "Install Node.js 18 or newer with npm; these tests do not skip.",
+                    pytrace=False)
+    if _installed_version() != _pinned_version():
+        try:
+            result = subprocess.run([shutil.which("npm"), "ci", "--no-audit", "--no-fund"],
+                                    cwd=JS_DIR, capture_output=True, text=True, timeout=100)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"npm ci in {JS_DIR} took more than 100 s", pytrace=False)
+        if result.returncode != 0:
+            pytest.fail(f"npm ci in {JS_DIR} failed ({result.returncode}):\n"
+                        f"{result.stdout}\n{result.stderr}", pytrace=False)
+        assert _installed_version() == _pinned_version(), "npm ci did not install the pin"
+    return shutil.which("node")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """End the run with a line per missing system program and the tests it kept from
+    running (support.require_binary), so that such skips are not lost among the others."""
+    lacking: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        found = re.search(LACKING + r" (\S+):", reason)
+        if found:
+            lacking[found.group(1)] += 1
+    for name, count in sorted(lacking.items()):
+        terminalreporter.write_line(f"{LACKING} {name}: {count} tests", red=True, bold=True)

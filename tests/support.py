@@ -1,15 +1,19 @@
-"""Real parts for the tests: a gunicorn gateway process, Redis subscribers, and two
-Socket.IO clients over real sockets (python-socketio's, and a raw Engine.IO v4 one that
-can hold an ack back, send garbage, or drop the connection without a goodbye)."""
+"""Real parts for the tests: a gunicorn gateway process, supervisord running the shipped
+program, Redis subscribers, and two Socket.IO clients over real sockets (python-socketio's,
+and a raw Engine.IO v4 one that can hold an ack back, send garbage, or drop the
+connection without a goodbye)."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import queue
 import resource
+import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -19,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 import redis
 import requests
 import socketio
@@ -27,8 +32,26 @@ import websocket
 from pushapp.embedded_redis import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+JS_DIR = ROOT / "tests" / "js"
 WAIT = 10.0
 API_KEY = "test-api-key"
+# Starts the reason of a test skipped because a system program is missing; conftest.py
+# counts these skips at the end of the run.
+LACKING = "SKIPPED FOR LACK OF"
+
+
+def require_binary(name: str, package: str) -> str:
+    """The path of the system program ``name`` (Debian package ``package``). Where it is
+    missing the test cannot run: on a developer's machine it is skipped, and the run ends
+    with a line counting such skips; on CI (CI=true) it fails, so that a green CI means
+    every test ran."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path:
+        return path
+    missing = f"{name}: not on PATH nor in /usr/sbin (apt-get install {package})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"MISSING {missing}; on CI (CI=true) every test must run", pytrace=False)
+    pytest.skip(f"{LACKING} {missing}")
 
 
 def uid(prefix: str = "u") -> str:
@@ -101,6 +124,9 @@ class Gateway:
             "LOG_LEVEL": "INFO",
             "AUTH_MODE": "insecure",
             "API_KEYS": API_KEY,
+            # Tests play thousands of users from one loopback address; test_abuse.py sets
+            # the limit it tests.
+            "MAX_HANDSHAKES_PER_IP": "100000",
             **{key: str(value) for key, value in env.items()},
         }
         self.prefix = self.env.get("KEY_PREFIX", "pushapp:")
@@ -212,6 +238,131 @@ class Gateway:
         Path(f"/proc/{self.worker_pid()}/clear_refs").write_text("5")
 
 
+SUPERVISORD_CONF = """
+[supervisord]
+nodaemon=true
+logfile={folder}/supervisord.log
+pidfile={folder}/supervisord.pid
+childlogdir={folder}
+
+[unix_http_server]
+file={folder}/supervisor.sock
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{folder}/supervisor.sock
+
+[include]
+files={root}/supervisor/pushapp.conf
+"""
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive free ports."""
+    while True:
+        first = free_port(host)
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    held.enter_context(socket.socket()).bind((host, port))
+            except OSError:
+                continue
+        return first
+
+
+class Supervisor:
+    """A real supervisord running the shipped program, supervisor/pushapp.conf, with
+    ``instances`` gateways of one worker each on consecutive ports from ``port``."""
+
+    def __init__(self, folder: Path, redis_server: EmbeddedRedis, instances: int,
+                 **env: Any) -> None:
+        self.folder = folder
+        self.instances = instances
+        self.port = free_ports(instances)
+        self.conf = folder / "supervisord.conf"
+        self.conf.write_text(SUPERVISORD_CONF.format(folder=folder, root=ROOT))
+        self.env = {
+            **os.environ,
+            "PUSHAPP_HOME": str(ROOT),
+            "PUSHAPP_INSTANCES": str(instances),
+            "REDIS_URL": redis_server.url,
+            "BIND": f"127.0.0.1:{self.port}",
+            "AUTH_MODE": "insecure",
+            "API_KEYS": API_KEY,
+            **{key: str(value) for key, value in env.items()},
+        }
+        self.redis = redis.Redis.from_url(redis_server.url)
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Supervisor":
+        self.process = subprocess.Popen(
+            [Path(sys.executable).parent / "supervisord", "-c", self.conf], env=self.env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.wait_ready()
+        return self
+
+    def url(self, instance: int) -> str:
+        return f"http://127.0.0.1:{self.port + instance}"
+
+    def ctl(self, *args: str) -> str:
+        """Run supervisorctl; its output (its exit status tells only whether all is RUNNING)."""
+        return subprocess.run([Path(sys.executable).parent / "supervisorctl", "-c", self.conf,
+                               *args], capture_output=True, text=True, timeout=60).stdout
+
+    def states(self) -> dict[str, str]:
+        """Each process's state, by name (``pushapp:pushapp-0``: ``RUNNING``)."""
+        return dict(line.split()[:2] for line in self.ctl("status").splitlines()
+                    if len(line.split()) >= 2)
+
+    def node(self, instance: int) -> str | None:
+        """The node name (host:worker pid) of an instance that is ready, else None."""
+        try:
+            answer = requests.get(self.url(instance) + "/health/ready", timeout=1)
+        except requests.RequestException:
+            return None
+        return answer.json()["node"] if answer.status_code == 200 else None
+
+    def wait_ready(self, timeout: float = 40.0) -> list[str]:
+        """Wait until every instance is RUNNING and ready; their node names."""
+        names = [f"pushapp:pushapp-{i}" for i in range(self.instances)]
+
+        def ready() -> list[str] | None:
+            if self.process.poll() is not None:
+                raise AssertionError(f"supervisord exited with {self.process.returncode}:\n"
+                                     + self.log_tail())
+            states = self.states()
+            nodes = [self.node(i) for i in range(self.instances)]
+            return nodes if all(states.get(n) == "RUNNING" for n in names) and all(nodes) \
+                else None
+
+        try:
+            return wait_for(ready, timeout, "every instance to be RUNNING and ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.ctl('status')}\n{self.log_tail()}") from None
+
+    def log_text(self) -> str:
+        """What the instances wrote (supervisord keeps one log per process)."""
+        return "".join(path.read_text(errors="replace")
+                       for path in sorted(self.folder.glob("pushapp-*-stdout*.log")))
+
+    def log_tail(self, lines: int = 40) -> str:
+        own = self.folder / "supervisord.log"
+        text = own.read_text(errors="replace") if own.exists() else ""
+        return "\n".join((text + self.log_text()).splitlines()[-lines:])
+
+    def shutdown(self) -> None:
+        if self.process is None:
+            return
+        self.ctl("shutdown")
+        try:
+            self.process.wait(40)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 class Subscriber:
     """Listens on Redis channels in a thread, as a business server would."""
 
@@ -247,10 +398,11 @@ class Client:
 
     def __init__(self, url: str, transports: tuple[str, ...] = ("websocket",),
                  chat_ack: Callable[[list], Any] = len, connect: bool = True,
-                 auth: dict | None = None) -> None:
+                 auth: dict | None = None, headers: dict | None = None) -> None:
         self.url = url
         self.transports = list(transports)
         self.auth = auth
+        self.headers = headers or {}
         self.chat_ack = chat_ack
         self.events = Mailbox()
         self.sio = socketio.Client(reconnection=False)
@@ -273,7 +425,8 @@ class Client:
         return record
 
     def connect(self) -> "Client":
-        self.sio.connect(self.url, transports=self.transports, wait_timeout=WAIT, auth=self.auth)
+        self.sio.connect(self.url, transports=self.transports, wait_timeout=WAIT, auth=self.auth,
+                         headers=self.headers)
         return self
 
     def login(self, user: str, device: str = "dev-1", **extra: Any) -> Any:
@@ -397,6 +550,19 @@ class RawClient:
             self.ws.close()
         except (websocket.WebSocketException, OSError):
             pass
+
+
+def close_code(ws: websocket.WebSocket, timeout: float = WAIT) -> int | None:
+    """Read a raw websocket until the server closes it: the close code it sent (None: it
+    cut the connection without a close frame)."""
+    ws.settimeout(timeout)
+    try:
+        while True:
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+    except (websocket.WebSocketConnectionClosedException, ConnectionError):
+        return None
 
 
 def clients_on_workers(gateway: Gateway, workers: int = 2, burst: int = 10,

@@ -1,14 +1,13 @@
-"""The shipped supervisord program and systemd unit run the gateway, and stop it cleanly."""
+"""The shipped supervisord program (its instances) and systemd unit run the gateway, and
+stop it cleanly."""
 from __future__ import annotations
 
 import math
 import os
 import shlex
-import shutil
 import signal
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,58 +16,33 @@ import websocket
 
 from pushapp.config import Config
 from pushapp.embedded_redis import free_port
-from support import ROOT, wait_for
-
-SUPERVISORD_CONF = """
-[supervisord]
-nodaemon=true
-logfile={tmp}/supervisord.log
-pidfile={tmp}/supervisord.pid
-childlogdir={tmp}
-
-[unix_http_server]
-file={tmp}/supervisor.sock
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{tmp}/supervisor.sock
-
-[include]
-files={root}/supervisor/pushapp.conf
-"""
+from support import ROOT, Supervisor, require_binary, wait_for
 
 
 def _monitor(url: str) -> bool:
     try:
-        return requests.get(url, timeout=1).text == "OK"
+        return requests.get(url + "/monitor", timeout=1).text == "OK"
     except requests.RequestException:
         return False
 
 
-def test_supervisor_program_serves_the_gateway(tmp_path: Path, start_redis):
-    redis_server = start_redis()
-    port = free_port()
-    conf = tmp_path / "supervisord.conf"
-    conf.write_text(SUPERVISORD_CONF.format(tmp=tmp_path, root=ROOT))
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PUSHAPP_HOME": str(ROOT), "REDIS_URL": redis_server.url,
-           "AUTH_MODE": "insecure",
-           "BIND": f"127.0.0.1:{port}"}
-    supervisord = subprocess.Popen([bin_dir / "supervisord", "-c", conf], env=env)
-    ctl = [bin_dir / "supervisorctl", "-c", conf]
+@pytest.mark.deployment
+def test_supervisor_program_runs_one_gateway_per_instance(tmp_path: Path, start_redis):
+    """PUSHAPP_INSTANCES=2: two gunicorns with a worker each, on BIND's port and the next;
+    stopping the group stops both within the drain (no SIGKILL)."""
+    supervisor = Supervisor(tmp_path, start_redis(), instances=2, DRAIN_WINDOW=1)
     try:
-        wait_for(lambda: _monitor(f"http://127.0.0.1:{port}/monitor"), timeout=30,
-                 what="the gateway under supervisord")
-        wait_for(lambda: "RUNNING" in subprocess.run(
-            [*ctl, "status", "pushapp"], capture_output=True, text=True).stdout,
-            what="supervisord to call the program RUNNING")
-        subprocess.run([*ctl, "stop", "pushapp"], check=True, capture_output=True, timeout=30)
-        assert not _monitor(f"http://127.0.0.1:{port}/monitor")
+        nodes = supervisor.start().wait_ready()
+        assert len(set(nodes)) == 2, nodes
+        assert sorted(supervisor.states()) == ["pushapp:pushapp-0", "pushapp:pushapp-1"]
+        assert all(_monitor(supervisor.url(i)) for i in range(2))
+        supervisor.ctl("stop", "pushapp:*")
+        assert set(supervisor.states().values()) == {"STOPPED"}
+        assert not any(_monitor(supervisor.url(i)) for i in range(2))
+        own_log = (tmp_path / "supervisord.log").read_text()
+        assert own_log.count("(exit status 0)") == 2 and "SIGKILL" not in own_log, own_log
     finally:
-        subprocess.run([*ctl, "shutdown"], capture_output=True, timeout=30)
-        supervisord.wait(30)
+        supervisor.shutdown()
 
 
 UNIT = ROOT / "deploy" / "systemd" / "pushapp.service"
@@ -99,12 +73,7 @@ def _local_unit(tmp_path: Path, env_file: Path) -> Path:
 
 
 def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        message = "systemd-analyze is missing: the systemd unit is NOT verified"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (install systemd on CI)")
-        pytest.skip(message.upper())
+    analyze = require_binary("systemd-analyze", "systemd")
     env_file = tmp_path / "pushapp.env"
     env_file.write_text("REDIS_URL=redis://127.0.0.1:6379/0\n")
     verified = subprocess.run([analyze, "verify", _local_unit(tmp_path, env_file)],
@@ -139,7 +108,7 @@ def test_the_systemd_units_command_serves_and_stops_on_sigterm(tmp_path: Path, s
     main = subprocess.Popen(shlex.split(settings["ExecStart"][0]),
                             cwd=settings["WorkingDirectory"][0], env=env)
     try:
-        wait_for(lambda: _monitor(f"http://127.0.0.1:{port}/monitor"), timeout=30,
+        wait_for(lambda: _monitor(f"http://127.0.0.1:{port}"), timeout=30,
                  what="the gateway the unit starts")
     finally:
         main.send_signal(signal.SIGTERM)

@@ -164,10 +164,26 @@ def test_the_readmes_chat_runs_against_bin_serve(tmp_path: Path):
                                  timeout=60)
         assert chatted.returncode == 0, chatted.stderr
         assert chatted.stdout == blocks[index + 1][1]
+        _check_the_demo_is_served(f"http://127.0.0.1:{port}", log_path.read_text())
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(30)
     assert "Traceback" not in log_path.read_text()
+
+
+def _check_the_demo_is_served(base: str, said: str) -> None:
+    """What the README's "Try it" opens first: / leads to the demo, whose JavaScript client
+    bin/setup fetched, and the API key bin/serve printed opens the API."""
+    key = re.search(r"DEVELOPMENT MODE: API_KEYS=(\S+) ", said).group(1)
+    assert requests.get(base + "/", timeout=5, allow_redirects=False).headers["Location"] == \
+        "/demo"
+    page = requests.get(base + "/demo", timeout=5).text
+    client = re.search(r'<script src="(/static/vendor/socket\.io-[\d.]+\.min\.js)"', page)
+    assert client, page
+    script = requests.get(base + client.group(1), timeout=5)
+    assert script.status_code == 200 and script.text.startswith("/*!\n * Socket.IO v")
+    assert requests.get(base + "/api/v1/stats", timeout=5,
+                        headers={"Authorization": f"Bearer {key}"}).status_code == 200
 
 
 def _answers(url: str) -> bool:

@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from typing import Any, Callable
 import pytest
 import socketio
 
+from fleets import Swarm, Traffic, account
 from support import Gateway, uid, wait_for
 
 pytestmark = pytest.mark.deployment
@@ -151,6 +153,8 @@ def _survives(gateway: Gateway, blow: Callable[[], None], count: int = 30,
                    "duplicates": receipts - len(publisher.sent),
                    "back_in_s": round(back, 2), "reasons": sorted(set(map(str, fleet.reasons)))}
         print(f"\n{blow.__name__}: {figures}")
+        # Nothing held the worker back: no request was cut off at the graceful timeout.
+        assert "Worker graceful timeout" not in gateway.log_text()
         # At least once: only what was sent and not yet acked at the goodbye comes again.
         assert figures["duplicates"] <= count
         assert socketio.Client.reason.SERVER_DISCONNECT not in fleet.reasons
@@ -211,28 +215,43 @@ def test_a_worker_at_max_requests_drains_and_is_replaced(start_gateway):
     assert "worker stopping (max_requests, after 300 requests)" in gateway.log_text()
 
 
+def _begun(port: int, path: str) -> socket.socket:
+    """A request whose first line is sent, the rest to follow: under way in the worker."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(f"GET {path} HTTP/1.1\r\n".encode())
+    return sock
+
+
+def _finish(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    sock.sendall(b"Host: x\r\n\r\n")
+    answer = http.client.HTTPResponse(sock)
+    answer.begin()
+    return (answer.status, {name.lower(): value for name, value in answer.getheaders()},
+            answer.read())
+
+
 def test_a_stopping_worker_says_so_and_turns_new_sessions_away(start_gateway):
-    """Readiness fails at once; a request that still reaches the worker (on a keep-alive
-    connection, as a proxy's are) to open a session gets 503, not a session that is then
-    dropped; a client connected before keeps being served until its goodbye."""
+    """Readiness fails at once; a request that reaches the worker while it stops (one under
+    way, as a proxy's may be) to open a session gets 503, not a session that is then
+    dropped, and its connection is closed; an idle kept-alive connection is closed at
+    once; a client connected before keeps being served until its goodbye."""
     gateway = start_gateway(DRAIN_WINDOW=4)
     clients = [gateway.client() for _ in range(40)]
-    user = uid()
-    clients[-1].login(user)
-    kept = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
-    kept.request("GET", "/monitor")
-    assert kept.getresponse().read() == b"OK"
+    clients[-1].login(uid())
+    idle = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
+    idle.request("GET", "/monitor")
+    assert idle.getresponse().read() == b"OK"
+    readiness = _begun(gateway.port, "/health/ready")
+    handshake = _begun(gateway.port, "/socket.io/?EIO=4&transport=polling")
+    time.sleep(0.2)
     os.kill(gateway.worker_pid(), signal.SIGTERM)
     time.sleep(0.2)
-    kept.request("GET", "/health/ready")
-    answer = kept.getresponse()
-    assert (answer.status, json.loads(answer.read())["reason"]) == (
-        503, "draining: this worker is stopping")
-    kept.request("GET", "/socket.io/?EIO=4&transport=polling")
-    answer = kept.getresponse()
-    assert (answer.status, answer.getheader("Retry-After")) == (503, "1")
-    assert answer.read() == b"this worker is stopping; connect again"
-    kept.close()
+    status, headers, body = _finish(readiness)
+    assert (status, json.loads(body)["reason"]) == (503, "draining: this worker is stopping")
+    status, headers, body = _finish(handshake)
+    assert (status, headers["retry-after"], headers["connection"]) == (503, "1", "close")
+    assert body == b"this worker is stopping; connect again"
+    assert idle.sock.recv(1) == b"", "the idle kept-alive connection is still open"
     closed = sum(not client.sio.connected for client in clients)
     assert closed < len(clients) / 2, "the clients were not closed over the window"
     wait_for(lambda: all(not client.sio.connected for client in clients), timeout=10,
@@ -240,3 +259,59 @@ def test_a_stopping_worker_says_so_and_turns_new_sessions_away(start_gateway):
     assert all(client.expect("disconnect") is None for client in clients)
     for client in clients:
         client.close()
+    for sock in (readiness, handshake):
+        sock.close()
+    idle.close()
+
+
+def test_socket_io_client_comes_back_from_every_stop(start_gateway, node):
+    """100 socket.io-client sockets with the client's defaults (long-polling, then the
+    upgrade) on one gunicorn, chatting and taking stored notifications a business server
+    posts through the HTTP API: after SIGTERM of the worker, then SIGHUP of gunicorn, each
+    client is logged in again on the new worker and nothing stored is lost; after SIGKILL
+    of the worker (with the API calls paused: one in flight when its worker is killed is
+    answered only after a minute, docs/http-api.md) each comes back the same way."""
+    gateway = start_gateway(DRAIN_WINDOW=WINDOW, CHAT_FILTER="direct")
+    users = [uid("js") for _ in range(100)]
+    swarm = Swarm(node, gateway.url, users, ["127.0.0.1"] * len(users))
+
+    def back_since(moment: float) -> bool:
+        cut = {line["c"] for line in swarm.of("disconnect") if line["t"] > moment}
+        again = {line["c"] for line in swarm.of("login")
+                 if line["t"] > moment and line["ack"] == 1}
+        return len(cut) == len(users) and swarm.all_logged_in() and again >= cut
+
+    def stop(blow: Callable[[], None]) -> None:
+        moment, old = time.time() * 1000, gateway.wait_ready()["node"]
+        blow()
+        wait_for(lambda: back_since(moment), timeout=WINDOW + 5 + 2 * BACKOFF,
+                 what=f"every client back after {blow.__name__}")
+        assert gateway.wait_ready()["node"] != old
+        assert "Worker graceful timeout" not in gateway.log_text()
+
+    def sigterm_worker() -> None:
+        os.kill(gateway.worker_pid(), signal.SIGTERM)
+
+    def sighup_gunicorn() -> None:
+        gateway.process.send_signal(signal.SIGHUP)
+
+    def sigkill_worker() -> None:
+        os.kill(gateway.worker_pid(), signal.SIGKILL)
+
+    try:
+        wait_for(swarm.all_logged_in, timeout=60, what="100 logins")
+        traffic = Traffic(gateway.url, swarm)
+        try:
+            for blow in (sigterm_worker, sighup_gunicorn):
+                time.sleep(1)
+                stop(blow)
+            time.sleep(1)
+        finally:
+            traffic.stop()
+        account("socket.io-client on one gunicorn", swarm, traffic, gateway)
+        stop(sigkill_worker)
+        reasons = Counter(line["reason"] for line in swarm.of("disconnect"))
+        print(f"disconnect reasons: {dict(reasons)}")
+        assert "io server disconnect" not in reasons
+    finally:
+        swarm.close()

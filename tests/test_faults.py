@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 import redis
 import socketio
+import websocket
 
 from support import WAIT, Gateway, uid, wait_for
 
@@ -235,8 +236,11 @@ def test_a_flood_of_garbage_between_good_messages_costs_no_memory(gateway, user)
             gateway.redis.publish("snschat", GARBAGE_CHANNEL[n % len(GARBAGE_CHANNEL)])
             gateway.redis.publish("notification", GARBAGE_CHANNEL[n % len(GARBAGE_CHANNEL)])
             if vandal.closed.is_set():
-                vandal = gateway.raw()
-            vandal.send_raw(GARBAGE_FRAMES[n % len(GARBAGE_FRAMES)])
+                vandal = gateway.raw()  # garbage gets a socket closed after RATE_STRIKES
+            try:
+                vandal.send_raw(GARBAGE_FRAMES[n % len(GARBAGE_FRAMES)])
+            except (websocket.WebSocketException, OSError):
+                vandal.closed.wait(WAIT)
             if n % 30 == 0:
                 gateway.publish("snschat", {"from": "p", "to": user, "seq": round_ * 50 + n // 30})
         wait_for(lambda r=round_: len(good.received) >= (r + 1) * 50, what="the good ones")

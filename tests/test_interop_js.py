@@ -2,57 +2,23 @@
 node, because web and hybrid apps speak it with that client and not with python-socketio.
 
 The client runs tests/js/client.mjs, driven one JSON line at a time. node and npm are
-required: without them these tests fail, they never skip.
+required: without them these tests fail, they never skip (the ``node`` fixture).
 """
 from __future__ import annotations
 
 import itertools
 import json
-import shutil
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from support import WAIT, Gateway, Mailbox, Subscriber, wait_for, without_mids
+from support import JS_DIR, WAIT, Gateway, Mailbox, Subscriber, wait_for, without_mids
 
-JS_DIR = Path(__file__).resolve().parent / "js"
 _EOF = {"type": "eof"}
-
-
-def _pinned_version() -> str:
-    return json.loads((JS_DIR / "package.json").read_text())["dependencies"]["socket.io-client"]
-
-
-def _installed_version() -> str | None:
-    manifest = JS_DIR / "node_modules" / "socket.io-client" / "package.json"
-    return json.loads(manifest.read_text())["version"] if manifest.exists() else None
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    """node's path, once tests/js has its locked packages: a fresh clone gets them from
-    ``npm ci``, and so does a checkout whose installed client is not the pinned one."""
-    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"JavaScript interop tests cannot run: {' and '.join(missing)} not on PATH. "
-                    "Install Node.js 18 or newer with npm; these tests do not skip.",
-                    pytrace=False)
-    if _installed_version() != _pinned_version():
-        try:
-            result = subprocess.run([shutil.which("npm"), "ci", "--no-audit", "--no-fund"],
-                                    cwd=JS_DIR, capture_output=True, text=True, timeout=100)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"npm ci in {JS_DIR} took more than 100 s", pytrace=False)
-        if result.returncode != 0:
-            pytest.fail(f"npm ci in {JS_DIR} failed ({result.returncode}):\n"
-                        f"{result.stdout}\n{result.stderr}", pytrace=False)
-        assert _installed_version() == _pinned_version(), "npm ci did not install the pin"
-    return shutil.which("node")
 
 
 class JsClient:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -152,6 +153,13 @@ def test_serve_runs_the_gateway_until_sigterm(installed, start_redis, tmp_path):
 
     try:
         wait_for(answers, timeout=30, what="pushapp serve to answer /monitor")
+        # The pages come with the package: templates, scripts, styles, the fetched client.
+        demo = requests.get(f"http://127.0.0.1:{port}/demo", timeout=5)
+        assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', demo.text)
+        assert demo.status_code == 200 and len(assets) == 4, demo.text
+        for asset in assets:
+            answer = requests.get(f"http://127.0.0.1:{port}{asset}", timeout=5)
+            assert answer.status_code == 200, asset
     finally:
         serving.send_signal(signal.SIGTERM)
         assert serving.wait(20) == 0

@@ -16,8 +16,8 @@
 //   {"type": "connect", "sid": ..., "transport": ...}   {"type": "connect_error", "message": ...}
 //   {"type": "event", "event": ..., "args": [...], "acked": [...] or null}
 //   {"type": "ack", "id": ..., "event": ..., "args": [...]}   {"type": "disconnect", "reason": ...}
-import { createInterface } from "node:readline";
 import { io } from "socket.io-client";
+import { onCommands } from "./commands.mjs";
 
 const [url, transport = "websocket"] = process.argv.slice(2);
 if (!url || !["websocket", "polling"].includes(transport)) {
@@ -59,31 +59,17 @@ socket.onAny((event, ...args) => {
   }
 });
 
-const lines = createInterface({ input: process.stdin });
-lines.on("close", () => socket.disconnect());
-lines.on("line", (line) => {
-  if (!line.trim()) {
-    return;
-  }
-  const command = JSON.parse(line);
-  switch (command.op) {
-    case "emit": {
-      const args = command.args ?? [];
-      if (command.ack) {
-        socket.emit(command.event, ...args, (...answer) =>
-          out({ type: "ack", id: command.id, event: command.event, args: answer }));
-      } else {
-        socket.emit(command.event, ...args);
-      }
-      break;
+onCommands({
+  emit(command) {
+    const args = command.args ?? [];
+    if (command.ack) {
+      socket.emit(command.event, ...args, (...answer) =>
+        out({ type: "ack", id: command.id, event: command.event, args: answer }));
+    } else {
+      socket.emit(command.event, ...args);
     }
-    case "chat_ack":
-      chatAck = command.value ?? null;
-      break;
-    case "close":
-      lines.close();
-      break;
-    default:
-      throw new Error(`unknown op: ${line}`);
-  }
-});
+  },
+  chat_ack(command) {
+    chatAck = command.value ?? null;
+  },
+}, () => socket.disconnect());
