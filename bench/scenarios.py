@@ -113,11 +113,13 @@ class Run:
         name = "-".join([target, *(v.lower() for v in env.values()), agent])
         # pushapp checks login tokens (AUTH_MODE=jwt, its default): the bench signs them.
         # Its per-connection rate limit is lifted: the closed loops measure the worker,
-        # and a client whose acks come back fast would otherwise be throttled.
+        # and a client whose acks come back fast would otherwise be throttled. So is its
+        # cap on handshakes in progress per client address: thousands of clients come
+        # from each of a few loopback addresses here, where each would have its own.
         self.jwt_secret = secrets.token_hex(32) if target == "pushapp" else ""
         if self.jwt_secret:
             env = {"JWT_SECRET": self.jwt_secret, "RATE_LIMIT": "1000000",
-                   "RATE_BURST": "1000000", **env}
+                   "RATE_BURST": "1000000", "MAX_HANDSHAKES_PER_IP": "1000000", **env}
         self.redis_server = EmbeddedRedis(workdir / f"redis-{name}")
         self.redis_server.start()
         self.redis = redis.Redis.from_url(self.redis_server.url)
