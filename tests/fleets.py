@@ -26,6 +26,12 @@ import socketio
 from support import API_KEY, JS_DIR, WAIT, uid, wait_for
 
 
+def addresses(third: int, count: int) -> list[str]:
+    """``count`` loopback addresses 127.0.``third``.2 and on: clients that come from several
+    addresses, as an app's users do, and stay under a worker's per-address limits."""
+    return [f"127.0.{third}.{2 + i}" for i in range(count)]
+
+
 class Fleet(abc.ABC):
     """Clients of one kind; client ``c`` is ``users[c]`` connecting from ``addresses[c]``.
     What they report is kept as lines (dicts in tests/js/swarm.mjs's format: ``type``,

@@ -154,6 +154,12 @@ class Gateway:
         assert self.wait_ready()["node"] == self.node, "the worker died and was replaced"
         assert "Traceback" not in self.log_text(), self.log_tail(80)
 
+    def ready_node(self, other_than: str) -> str | None:
+        """The node of the worker answering ``/health/ready`` now, if it is ready and not
+        ``other_than`` (a worker that was stopped)."""
+        node = self.wait_ready()["node"]
+        return node if node != other_than else None
+
     def wait_ready(self, timeout: float = 30.0) -> dict:
         def ready() -> dict | None:
             if self.process.poll() is not None:

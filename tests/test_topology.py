@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import requests
 
-from fleets import Fleet, PollingClients, Swarm, Traffic, account, settle
+from fleets import Fleet, PollingClients, Swarm, Traffic, account, addresses, settle
 from pushapp.embedded_redis import free_port
 from support import ROOT, Supervisor, require_binary, uid, wait_for
 
@@ -159,11 +159,6 @@ def topology(tmp_path_factory: pytest.TempPathFactory, start_redis) -> Iterator[
     finally:
         nginx.stop()
         supervisor.shutdown()
-
-
-def addresses(third: int, count: int) -> list[str]:
-    """``count`` loopback addresses 127.0.``third``.2 and on, one a client."""
-    return [f"127.0.{third}.{2 + i}" for i in range(count)]
 
 
 def spread(topology: Topology, fleet: Fleet) -> Counter[int]:
