@@ -14,12 +14,9 @@ import logging
 import os
 import sys
 from typing import Any, Callable, NoReturn
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from . import tokens
-from .config import Config, ConfigError
-
-HIDDEN = "********"
+from .config import HIDDEN, Config, ConfigError, hide_password
 
 
 def serve(args: list[str]) -> NoReturn:
@@ -74,18 +71,7 @@ def _shown(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:g}"
-    text = str(value)
-    if "://" not in text:
-        return text
-    parts = urlsplit(text)
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, _, host = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:{HIDDEN}@{host}"
-    query = urlencode([(key, HIDDEN if key == "password" else item)
-                       for key, item in parse_qsl(parts.query, keep_blank_values=True)],
-                      safe="*")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    return hide_password(str(value))
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {

@@ -11,12 +11,17 @@ import math
 import os
 from collections.abc import Mapping
 from typing import Any, Callable
+from urllib.parse import parse_qsl, urlencode
+
+from . import redis_url
 
 
 # An HS256 key as long as the hash: RFC 7518 section 3.2.
 MIN_JWT_SECRET_BYTES = 32
 # Seconds a stopping worker keeps after its drain window (pushapp.drain).
 DRAIN_MARGIN = 5.0
+# How pushapp check-config and the errors at start show a secret.
+HIDDEN = "********"
 
 
 class ConfigError(ValueError):
@@ -72,6 +77,36 @@ def _origins(text: str) -> list[str] | str:
     return "*" if text.strip() == "*" else list(_list(text))
 
 
+def _redis_url(text: str) -> str:
+    """The URL as given (redis-py reads it), once ``redis_url.parse`` found it usable."""
+    redis_url.parse(text)
+    return text
+
+
+def _key_prefix(text: str) -> str:
+    if "{" in text or "}" in text:
+        raise ValueError("must not contain { or }: on Redis Cluster the keys carry a {user} "
+                         "hash tag, and Redis takes the first {…} of a key for its tag")
+    return text
+
+
+def hide_password(text: str) -> str:
+    """``text`` with the password of a URL in it hidden: the one before the host
+    (``scheme://user:password@host``) and every ``…password=`` option."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    userinfo, at, rest = rest.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":" + HIDDEN
+    rest, question, query = rest.partition("?")
+    if question:
+        query = urlencode([(key, HIDDEN if key.endswith("password") else value)
+                           for key, value in parse_qsl(query, keep_blank_values=True)],
+                          safe="*")
+    return f"{scheme}://{userinfo}{at}{rest}{question}{query}"
+
+
 def _field(env: str, default: Any, parse: Callable[[str], Any] = str,
            secret: bool = False) -> Any:
     """A setting read from ``env``; a ``secret`` one is never printed (pushapp check-config)."""
@@ -83,9 +118,9 @@ def _field(env: str, default: Any, parse: Callable[[str], Any] = str,
 class Config:
     """The gateway's settings. Build with ``Config.from_env()`` or directly in code."""
 
-    redis_url: str = _field("REDIS_URL", "")
+    redis_url: str = _field("REDIS_URL", "", _redis_url)
     data_dir: str = _field("PUSHAPP_DATA_DIR", "var")
-    key_prefix: str = _field("KEY_PREFIX", "pushapp:")
+    key_prefix: str = _field("KEY_PREFIX", "pushapp:", _key_prefix)
 
     channel_snschat: str = _field("CHANNEL_SNSCHAT", "snschat")
     channel_notification: str = _field("CHANNEL_NOTIFICATION", "notification")
@@ -171,7 +206,7 @@ class Config:
             try:
                 values[field.name] = field.metadata["parse"](raw)
             except ValueError as exc:
-                problems.append(f"{name}={raw!r}: {exc}")
+                problems.append(f"{name}={hide_password(raw)!r}: {exc}")
         if problems:
             raise ConfigError(*problems)
         values.update(overrides)

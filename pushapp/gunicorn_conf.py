@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import redis_url
 from .config import Config, ConfigError
 from .embedded_redis import EmbeddedRedis
 
@@ -24,6 +25,10 @@ try:
 except ConfigError as exc:
     # One line per problem and no traceback: nothing would be gained by starting workers.
     sys.exit("\n".join(f"pushapp: {problem}" for problem in exc.problems))
+if _config.redis_url and redis_url.parse(_config.redis_url).kind != "single":
+    # pushapp.redis_url connects to them; the store's scripts still need one server.
+    sys.exit("pushapp: REDIS_URL names a Redis Cluster or Sentinel: the gateway does not "
+             "run on them yet, only on one Redis server (docs/deployment.md)")
 _embedded = None
 _metrics_temp = None
 

@@ -39,6 +39,8 @@ def test_every_field_is_read_from_its_variable():
     ("STORE_MAX_ENTRIES", "-3", "must be greater than 0"),
     ("CHAT_FILTER", "maybe", "expected one of external, direct"),
     ("LOG_LEVEL", "loud", "expected one of"),
+    ("KEY_PREFIX", "app{1}:", r"KEY_PREFIX='app\{1\}:': must not contain \{ or \}"),
+    ("REDIS_URL", "redis+cluster://a:7000/0", "Redis Cluster has no databases"),
 ])
 def test_bad_values_are_refused_with_the_variable_named(name, value, says):
     with pytest.raises(ConfigError, match=says):
