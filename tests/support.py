@@ -21,7 +21,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import pytest
 import redis
@@ -48,10 +48,29 @@ def require_binary(name: str, package: str) -> str:
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path:
         return path
-    missing = f"{name}: not on PATH nor in /usr/sbin (apt-get install {package})"
+    lacking(f"{name}: not on PATH nor in /usr/sbin (apt-get install {package})")
+
+
+def lacking(missing: str) -> NoReturn:
+    """Skip the test for want of a system program (``missing`` starts with its name and a
+    colon), or fail it on CI: see ``require_binary``."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"MISSING {missing}; on CI (CI=true) every test must run", pytrace=False)
     pytest.skip(f"{LACKING} {missing}")
+
+
+def refused_start(**settings: str) -> str:
+    """Start gunicorn as deployed with these settings (and no other key or auth mode),
+    expecting it to exit at once, before any worker: returns what it wrote."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH_MODE", "JWT_"))}
+    env.update({"BIND": f"127.0.0.1:{free_port()}", "REDIS_URL": "redis://127.0.0.1:1/0",
+                **settings})
+    started = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                              "wsgi:app"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=30)
+    assert started.returncode != 0
+    assert "Traceback" not in started.stderr and "Booting worker" not in started.stderr
+    return started.stderr
 
 
 def uid(prefix: str = "u") -> str:

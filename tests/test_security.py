@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pushapp.delivery import client_address
 from pushapp.embedded_redis import EmbeddedRedis, free_port
 from pushapp.tokens import mint
-from support import ROOT, Client, Gateway, Subscriber, uid, wait_for
+from support import ROOT, Client, Gateway, Subscriber, refused_start, uid, wait_for
 
 SECRET = "test-secret-of-at-least-32-bytes-length"
 AUDIENCE, ISSUER = "pushapp-test", "business-server"
@@ -495,26 +495,13 @@ def test_the_token_command_mints_a_working_token(jwt_gateway, bystander):
         client.close()
 
 
-def _refused_start(**settings: str) -> str:
-    """Start gunicorn as deployed with these settings (and no other key or auth mode),
-    expecting it to exit at once, before any worker: returns what it wrote."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH_MODE", "JWT_"))}
-    env.update(BIND=f"127.0.0.1:{free_port()}", REDIS_URL="redis://127.0.0.1:1/0", **settings)
-    started = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                              "wsgi:app"], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=30)
-    assert started.returncode != 0
-    assert "Traceback" not in started.stderr and "Booting worker" not in started.stderr
-    return started.stderr
-
-
 def test_without_a_key_or_insecure_mode_the_gateway_refuses_to_start():
-    said = _refused_start()
+    said = refused_start()
     assert "set JWT_SECRET" in said and "AUTH_MODE=insecure" in said
 
 
 def test_a_short_jwt_secret_stops_the_gateway_at_start_with_one_line():
-    said = _refused_start(JWT_SECRET="short")
+    said = refused_start(JWT_SECRET="short")
     assert said.splitlines() == [
         "pushapp: JWT_SECRET is 5 bytes: an HS256 secret needs 32 or more, or it can be guessed "
         "offline from one token (make one with: python3 -c 'import secrets; "
