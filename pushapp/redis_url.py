@@ -146,7 +146,8 @@ def connect(config: Config, size: int | None = None,
     """A client of ``REDIS_URL`` whose pools are bounded (``REDIS_MAX_CONNECTIONS``, or
     ``size``) and make a caller wait up to ``REDIS_POOL_TIMEOUT`` for a free connection
     instead of failing (redis-py's default pools raise once theirs are busy); ``options``
-    go to each connection. A cluster client keeps such a pool per node."""
+    go to each connection. A cluster client keeps such a pool per node, and asks the seeds
+    for the slots at once, raising if none answers (the others connect at first use)."""
     import redis
 
     target = parse(config.redis_url)
