@@ -9,7 +9,7 @@ import gevent
 from flask import Flask
 from flask_socketio import SocketIO
 
-from . import api, logs, metrics, pages, payloads, web
+from . import api, logs, metrics, migration, pages, payloads, web
 from .bridge import Bridge, node_name
 from .config import Config, ConfigError
 from .delivery import Delivery
@@ -93,6 +93,8 @@ def create_app(config: Config | None = None) -> Flask:
     api.init_app(app, config, store, router)
     pages.init_app(app, config)
 
+    # Done by the gunicorn master already, unless it could not reach Redis.
+    gevent.spawn(migration.upgrade_until_done, config, store.redis, delivery.node)
     bridge = Bridge(config, store, router)
     bridge.start()
     app.extensions["pushapp"] = Gateway(

@@ -5,6 +5,8 @@ settings, as ``gunicorn -c gunicorn.conf.py wsgi:app`` does in a checkout (no de
 defaults: that is ``bin/serve``). ``pushapp token USER`` mints a login token for testing.
 ``pushapp check-config`` prints the settings the gateway would run with, secrets hidden,
 or one line per problem and exit status 1, so a deployment can check before it restarts.
+``pushapp upgrade-keys`` moves what an older pushapp stored into today's key layout
+(pushapp.migration); the gunicorn master runs it at every start, before the workers.
 """
 from __future__ import annotations
 
@@ -56,6 +58,27 @@ def check_config(args: list[str]) -> int:
     return 0
 
 
+def upgrade_keys(args: list[str]) -> int:
+    """Bring the keys in Redis to this version's layout (nothing to do: a single GET)."""
+    argparse.ArgumentParser(prog="pushapp upgrade-keys", description=upgrade_keys.__doc__
+                            ).parse_args(args)
+    import redis
+
+    from . import migration
+    from .store import connect
+
+    logging.basicConfig(level=logging.INFO, format="pushapp: %(message)s")
+    try:
+        config = Config.from_env()
+        client = connect(config, 1)
+        migration.upgrade(config, client, f"upgrade-keys:{os.uname().nodename}:{os.getpid()}")
+    except ConfigError as exc:
+        return _problems(exc.problems)
+    except redis.RedisError as exc:
+        return _problems([f"keys not upgraded, Redis failed: {exc}"])
+    return 0
+
+
 def _problems(problems: list[str]) -> int:
     for problem in problems:
         print(f"pushapp: {problem}", file=sys.stderr)
@@ -75,7 +98,8 @@ def _shown(value: Any) -> str:
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "serve": serve, "token": token, "check-config": check_config}
+    "serve": serve, "token": token, "check-config": check_config,
+    "upgrade-keys": upgrade_keys}
 
 
 def main(argv: list[str] | None = None) -> int:

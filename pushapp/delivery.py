@@ -1,11 +1,13 @@
 """What one worker does for the sockets it holds: log them in, and deliver from the store.
 
-Delivery always reads from Redis: a signal ("user U has new chats") makes the worker read
-the user's stream after the last id it sent to that socket and emit what it finds. So a
-message is never in flight only in a process's memory, and several signals for one user
-collapse into one read; one signal for many users reads all their streams in one call.
-Each socket's flushes are serialised by two bit flags instead of a lock, since it is the
-cheapest thing to hold at 100k connections.
+A message is stored before it is sent, so that it is never in flight only in a process's
+memory. What was just stored goes out at once, without being read back from Redis, to a
+socket that has been sent everything its stream held before it (the store says which id
+that was); any other socket (a login, a resend, one busy sending, one that missed a
+message) reads its stream after the last id it was sent and is sent what it finds; several
+such reads for one user collapse into one, and many users' reads are one call. Each
+socket's sends are serialised by two bit flags instead of a lock, since it is the cheapest
+thing to hold at 100k connections.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import logging
 import math
 import time
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import gevent
 import redis
@@ -26,7 +28,7 @@ from .addresses import client_address
 from .collector import Collector
 from .config import Config
 from .identity import Identity
-from .store import Batch, Entry, Presence, Read, Store
+from .store import Batch, Entry, Presence, Read, Store, stream_id
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,16 @@ CHAT, NOTIF = 1, 2
 _KIND_NAMES = {CHAT: "chat", NOTIF: "notif"}
 # Seconds acks and unbinds wait to be sent to Redis with others.
 _TICK = 0.005
+
+
+class Stored(NamedTuple):
+    """A message just stored for ``user``: its id, the newest id the user's stream held
+    before it (None: the stream was empty) and its text."""
+
+    user: str
+    id: str
+    prev: str | None
+    raw: bytes
 
 
 class Conn:
@@ -94,11 +106,11 @@ class Delivery:
             who.user, who.device, None, None)
         self.set_expiry(conn, who.expires)
         claimed = self._claim([conn], CHAT | NOTIF)
-        trims = {"chat" if kind == "chat" else "notif": mid for kind, mid in (seen or {}).items()}
         try:
-            old, batches = self.store.login(
-                who.user, Presence(self.node, sid, who.device, _now_ms()), userinfo, trims,
-                self._reads(claimed))
+            old, read = self.store.login(
+                who.user, Presence(self.node, sid, who.device, _now_ms()), userinfo,
+                {"chat" if kind == "chat" else "notif": mid for kind, mid in (seen or {}).items()},
+                {_KIND_NAMES[kind]: None for _, kind in claimed})
         except BaseException:
             self._release(claimed)
             raise
@@ -113,7 +125,7 @@ class Delivery:
         if old is not None and old.sid != sid:
             logout = bool(old.device and who.device and old.device != who.device)
             self.kick_everywhere(old, who.user, logout)
-        self._drain_claimed(claimed, batches)
+        self._drain_claimed(claimed, [read[_KIND_NAMES[kind]] for _, kind in claimed])
 
     def kick_everywhere(self, old: Presence, user: str, logout: bool) -> None:
         if old.node == self.node:
@@ -194,19 +206,35 @@ class Delivery:
         if self.by_user.get(conn.user) is conn:
             del self.by_user[conn.user]
 
-    def deliver(self, kinds: int, users: list[str]) -> None:
-        """New stored messages of ``kinds`` wait for these users: send them to their sockets,
-        reading all their streams in one round trip. A chat for a user presence placed here
-        but who has gone (just disconnected, or whose unbind failed while Redis was away)
-        asks for a mobile push instead."""
-        conns = []
-        for user in users:
+    def deliver_stored(self, kind: int, stored: list[Stored]) -> None:
+        """Messages of ``kind`` just stored, in the order stored, for users whose sockets
+        are here. A socket sent everything up to the id before a user's first one, and not
+        busy sending, is sent them as they are; the others read their streams, in one
+        round trip for all. A chat for a user presence placed here but who has gone (just
+        disconnected, or whose unbind failed while Redis was away) asks for a mobile push
+        instead."""
+        ready: dict[Conn, list[Entry]] = {}
+        behind: dict[Conn, None] = {}
+        for user, msg_id, prev, raw in stored:
             conn = self.by_user.get(user)
-            if conn is not None:
-                conns.append(conn)
-            elif kinds & CHAT:
-                self.push(user)
-        self.flush(conns, kinds)
+            if conn is None:
+                if kind == CHAT:
+                    self.push(user)
+            elif conn in ready:
+                ready[conn].append(Entry(msg_id, raw))
+            elif conn not in behind:
+                cursor = conn.chat_cursor if kind == CHAT else conn.notif_cursor
+                if cursor is not None and stream_id(msg_id) <= stream_id(cursor):
+                    continue  # sent already, by a read that came before this hand-over
+                if conn.busy & kind or not _follows(cursor, prev):
+                    behind[conn] = None
+                else:
+                    ready[conn] = [Entry(msg_id, raw)]
+        count = self.config.chat_batch_max
+        for conn, entries in ready.items():
+            for start in range(0, len(entries), count):
+                self._send(conn, kind, entries[start:start + count])
+        self.flush(list(behind), kind)
 
     def deliver_unstored(self, users: list[str], raw: str) -> None:
         """A notification that is not stored: at most once, to whoever is here now. One
@@ -285,14 +313,18 @@ class Delivery:
             batch = None
             metrics.resent(_KIND_NAMES[kind], resent)
             if entries:
-                if kind == CHAT:
-                    self._send_chats(conn, entries)
-                    conn.chat_cursor = entries[-1].id
-                else:
-                    self._send_notifications(conn, entries)
-                    conn.notif_cursor = entries[-1].id
+                self._send(conn, kind, entries)
             if len(entries) < count and not conn.dirty & kind:
                 return
+
+    def _send(self, conn: Conn, kind: int, entries: list[Entry]) -> None:
+        """Send stored messages that follow on from the socket's cursor, and move it."""
+        if kind == CHAT:
+            self._send_chats(conn, entries)
+            conn.chat_cursor = entries[-1].id
+        else:
+            self._send_notifications(conn, entries)
+            conn.notif_cursor = entries[-1].id
 
     def _send_chats(self, conn: Conn, entries: list[Entry]) -> None:
         batch = b"[" + b",".join(with_mid(entry.raw, entry.id) for entry in entries) + b"]"
@@ -392,6 +424,12 @@ def _acked_ids(batch: list[str], ack: Any) -> list[str] | None:
         named = set(ack)
         return [mid for mid in batch if mid in named]
     return None
+
+
+def _follows(cursor: str | None, prev: str | None) -> bool:
+    """Whether a socket sent up to ``cursor`` (None: nothing yet) has everything its
+    stream held before an entry stored after ``prev``."""
+    return prev is None or (cursor is not None and stream_id(prev) <= stream_id(cursor))
 
 
 def _now_ms() -> int:

@@ -12,6 +12,7 @@ import gc
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -88,13 +89,22 @@ def on_starting(server):
     for warning in _config.warnings():
         server.log.warning("pushapp: %s", warning)
     _metrics_dir()
-    if os.environ.get("REDIS_URL"):
-        return
-    _embedded = EmbeddedRedis(_config.data_dir)
-    _embedded.start()
-    os.environ["REDIS_URL"] = _embedded.url
-    server.log.info("REDIS_URL unset: started embedded redis-server at %s (data in %s)",
-                    _embedded.url, _embedded.data_dir)
+    if not os.environ.get("REDIS_URL"):
+        _embedded = EmbeddedRedis(_config.data_dir)
+        _embedded.start()
+        os.environ["REDIS_URL"] = _embedded.url
+        server.log.info("REDIS_URL unset: started embedded redis-server at %s (data in %s)",
+                        _embedded.url, _embedded.data_dir)
+    _upgrade_layout(server)
+
+
+def _upgrade_layout(server) -> None:
+    """Move what an older pushapp stored into today's keys before any worker serves (in a
+    child process: redis-py must not be imported before the workers' monkey patching). If
+    Redis cannot be reached now, the workers do it once it can."""
+    done = subprocess.run([sys.executable, "-m", "pushapp", "upgrade-keys"], check=False)
+    if done.returncode:
+        server.log.warning("pushapp: key layout not checked at start; the workers will")
 
 
 def on_exit(server):

@@ -46,8 +46,17 @@ def parse_object(data: bytes | str, what: str = "message") -> dict:
         raise PayloadError(f"{what} is not valid JSON") from None
     if not isinstance(value, dict):
         raise PayloadError(f"{what} must be a JSON object, not {_kind(value)}")
-    shallow(value, what)
+    if _may_nest_deep(data):
+        shallow(value, what)
     return value
+
+
+def _may_nest_deep(text: bytes | str) -> bool:
+    """Whether JSON ``text`` has brackets enough to nest deeper than ``MAX_NESTING``:
+    counting them spares the usual message the walk of ``shallow``."""
+    if isinstance(text, str):
+        return text.count("{") + text.count("[") > MAX_NESTING
+    return text.count(b"{") + text.count(b"[") > MAX_NESTING
 
 
 def shallow(value: Any, what: str = "payload") -> None:
@@ -79,9 +88,15 @@ def event_object(args: tuple, max_bytes: int) -> tuple[dict, bytes]:
         value = parse_object(value, "payload")
     elif not isinstance(value, dict):
         raise PayloadError(f"payload must be a JSON object, not {_kind(value)}")
-    else:
+    try:
+        raw = orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        # orjson refuses to nest deeper than 254 levels, and integers beyond 64 bits.
+        raise PayloadError(f"payload is nested too deep: more than {MAX_NESTING} levels"
+                           if "ecursion" in str(exc) else f"payload cannot be stored: {exc}") \
+            from None
+    if not isinstance(args[0], str) and _may_nest_deep(raw):
         shallow(value)
-    raw = orjson.dumps(value)
     if len(raw) > max_bytes:
         raise PayloadError(f"payload too large: {len(raw)} bytes, the limit is {max_bytes}")
     return value, raw

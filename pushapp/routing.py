@@ -1,4 +1,5 @@
-"""Messages from business servers: store them, then signal the node holding each recipient.
+"""Messages from business servers: store them, then hand them to the node holding each
+recipient.
 
 The pub/sub listener, ``CHAT_FILTER=direct`` chats and the HTTP API all enter here,
 so a message is handled the same way whichever way it came in. Signals to another worker
@@ -15,7 +16,7 @@ import redis
 from . import metrics, payloads
 from .collector import Collector
 from .config import Config
-from .delivery import CHAT, NOTIF, Delivery
+from .delivery import CHAT, NOTIF, Delivery, Stored
 from .store import Placement, Store
 
 log = logging.getLogger(__name__)
@@ -42,66 +43,77 @@ class Router:
         return payloads.user_id(chat.get("to"), "to", self.config.max_user_id_length)
 
     def chats(self, chats: list[tuple[str, bytes]]) -> list[Placement | redis.ResponseError]:
-        """Chats (recipient, raw) heard together: stored in order in one step, then one
-        signal per node for all their recipients there. A chat whose stream cannot be
-        written (its key holds another type; the script checks them all before writing)
-        fails alone: the others are then stored one by one, and its error is its answer."""
-        try:
-            placements: list[Placement | redis.ResponseError] = list(
-                self.store.store_chats(chats))
-        except redis.ResponseError:
-            if len(chats) == 1:
-                raise
-            placements = [self._store_alone(chat) for chat in chats]
+        """Chats (recipient, raw) heard together: stored in order in one step, then handed
+        to the nodes of their recipients, one signal per node. A chat whose stream cannot
+        be written (its key holds another type) fails alone, its error its answer; a lone
+        chat raises it."""
+        placements = self.store.store_chats(chats)
+        if len(chats) == 1 and isinstance(placements[0], redis.ResponseError):
+            raise placements[0]
         metrics.MESSAGES_IN.labels("chat").inc(len(chats))
-        by_node: dict[str, dict[str, None]] = defaultdict(dict)
-        for (to, _), placement in zip(chats, placements):
+        by_node: dict[str, list[Stored]] = defaultdict(list)
+        for (to, raw), placement in zip(chats, placements):
             if isinstance(placement, redis.ResponseError):
                 continue
             if placement.node is None:
                 self.delivery.push(to)
             else:
-                by_node[placement.node][to] = None
-        for node, users in by_node.items():
-            self._signal(node, {"k": CHAT, "u": list(users)})
+                by_node[placement.node].append(Stored(to, placement.id, placement.prev, raw))
+        for node, stored in by_node.items():
+            self._hand_over(node, CHAT, stored)
         return placements
-
-    def _store_alone(self, chat: tuple[str, bytes]) -> Placement | redis.ResponseError:
-        try:
-            return self.store.store_chats([chat])[0]
-        except redis.ResponseError as exc:
-            return exc
 
     def notification(self, message: dict, raw: bytes) -> dict[str, Placement]:
         """A notification as on ``notification``: store per recipient if asked, deliver to
         those online."""
         users, need_store = payloads.notification(
             message, self.config.max_recipients, self.config.max_user_id_length)
-        placements = self._place_notification(users, raw, need_store)
+        placements = (self._store_notification(users, raw) if need_store
+                      else self._locate(users))
         metrics.MESSAGES_IN.labels("notification").inc()
-        by_node: dict[str, list[str]] = defaultdict(list)
+        by_node: dict[str, list[Stored]] = defaultdict(list)
         for user, placement in zip(users, placements):
             if placement.node is not None:
-                by_node[placement.node].append(user)
-        for node, online in by_node.items():
+                by_node[placement.node].append(Stored(user, placement.id, placement.prev, raw))
+        for node, stored in by_node.items():
             if need_store:
-                self._signal(node, {"k": NOTIF, "u": online})
+                self._hand_over(node, NOTIF, stored)
             else:
-                self._signal(node, {"k": 0, "u": online, "m": raw.decode()})
+                self._signal(node, {"k": 0, "u": [s.user for s in stored], "m": raw.decode()})
         return dict(zip(users, placements))
 
-    def _place_notification(self, users: list[str], raw: bytes,
-                            need_store: bool) -> list[Placement]:
-        """Store the notification if asked, and find where its recipients are. Unstored,
-        the recipients connected to this worker need no presence lookup; if all are here,
-        Redis is not asked at all."""
-        if need_store:
-            return self.store.store_notification(users, raw, True)
+    def _store_notification(self, users: list[str], raw: bytes) -> list[Placement]:
+        """Store a notification for each user; one whose stream key holds another type is
+        left out with a log line (the others are stored)."""
+        placements = []
+        for user, placement in zip(users, self.store.store_notification(users, raw)):
+            if isinstance(placement, redis.ResponseError):
+                log.warning("notification for user=%s not stored: %s", user, placement)
+                metrics.ERRORS.labels("redis").inc()
+                placement = Placement(None, None)
+            placements.append(placement)
+        return placements
+
+    def _locate(self, users: list[str]) -> list[Placement]:
+        """Where the recipients of an unstored notification are. Those connected to this
+        worker need no lookup; if all are here, Redis is not asked at all."""
         here = [user in self.delivery.by_user for user in users]
         elsewhere = [user for user, local in zip(users, here) if not local]
-        found = iter(self.store.store_notification(elsewhere, raw, False) if elsewhere else ())
-        placed_here = Placement(None, self.node)
-        return [placed_here if local else next(found) for local in here]
+        found = iter(self.store.locate(elsewhere) if elsewhere else ())
+        return [Placement(None, self.node if local else next(found)) for local in here]
+
+    def _hand_over(self, node: str, kind: int, stored: list[Stored]) -> None:
+        """Messages just stored, to the node holding their users' sockets: this worker's
+        delivery directly, another's over its channel (each text once for a notification,
+        which is the same for every user)."""
+        if node == self.node:
+            self.delivery.deliver_stored(kind, stored)
+        elif kind == CHAT:
+            self._signal(node, {"k": kind, "e": [[s.user, s.id, s.prev, s.raw.decode()]
+                                                 for s in stored]})
+        else:
+            self._signal(node, {"k": kind, "m": stored[0].raw.decode(),
+                                "e": [[s.user, s.id, s.prev] for s in stored]})
 
     def _signal(self, node: str, signal: dict[str, Any]) -> None:
         if node == self.node:
@@ -116,5 +128,10 @@ class Router:
             self.delivery.kick(signal["u"], signal["s"], signal["l"])
         elif kind == 0:
             self.delivery.deliver_unstored(signal["u"], signal["m"])
+        elif kind == CHAT:
+            self.delivery.deliver_stored(kind, [Stored(user, msg_id, prev, raw.encode())
+                                                for user, msg_id, prev, raw in signal["e"]])
         else:
-            self.delivery.deliver(kind, signal["u"])
+            raw = signal["m"].encode()
+            self.delivery.deliver_stored(kind, [Stored(user, msg_id, prev, raw)
+                                                for user, msg_id, prev in signal["e"]])

@@ -352,6 +352,6 @@ def _left_unacked(gateway: Any, users: list[str]) -> int:
     """Stored messages of ``users`` that no ack has removed."""
     pipe = gateway.redis.pipeline()
     for user in users:
-        pipe.xlen(gateway.key("chat", user))
-        pipe.xlen(gateway.key("notif", user))
+        pipe.xlen(gateway.user_key(user, "chat"))
+        pipe.xlen(gateway.user_key(user, "notif"))
     return sum(pipe.execute())

@@ -30,6 +30,7 @@ import socketio
 import websocket
 
 from pushapp.embedded_redis import EmbeddedRedis, free_port
+from pushapp.store import user_key
 
 ROOT = Path(__file__).resolve().parents[1]
 JS_DIR = ROOT / "tests" / "js"
@@ -38,6 +39,8 @@ API_KEY = "test-api-key"
 # Starts the reason of a test skipped because a system program is missing; conftest.py
 # counts these skips at the end of the run.
 LACKING = "SKIPPED FOR LACK OF"
+# The fields of a user's presence hash, in the order Gateway.presence lists them.
+PRESENCE = ("node", "sid", "device", "since")
 
 
 def require_binary(name: str, package: str) -> str:
@@ -222,6 +225,10 @@ class Gateway:
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
+    def user_key(self, user: str, part: str) -> str:
+        """The key of one of ``user``'s things: ``chat``, ``notif``, ``on``, ``sent``."""
+        return user_key(self.prefix, user, part)
+
     def publish(self, channel: str, message: Any) -> None:
         """Publish as a careful business server does: again while no gateway hears it."""
         data = message if isinstance(message, (bytes, str)) else json.dumps(message)
@@ -229,11 +236,17 @@ class Gateway:
 
     def pending(self, kind: str, user: str) -> list[dict]:
         """What the store holds for ``user`` (kind ``chat`` or ``notif``), oldest first."""
-        return [json.loads(fields[b"m"]) for _, fields in self.redis.xrange(self.key(kind, user))]
+        return [json.loads(fields[b"m"]) for _, fields in self.redis.xrange(self.user_key(user, kind))]
 
     def presence(self, user: str) -> list | None:
-        raw = self.redis.hget(self.key("online"), user)
-        return None if raw is None else json.loads(raw)
+        """The user's presence as stored: node, sid, device, since (ms)."""
+        node, sid, device, since = self.redis.hmget(self.user_key(user, "on"), PRESENCE)
+        return None if node is None else [node.decode(), sid.decode(), device.decode(),
+                                          int(since)]
+
+    def set_presence(self, user: str, node: str, sid: str, device: str, since: int) -> None:
+        self.redis.hset(self.user_key(user, "on"), mapping=dict(zip(
+            PRESENCE, (node, sid, device, since))))
 
     def api(self, method: str, path: str, headers: dict | None = None,
             **kwargs: Any) -> requests.Response:

@@ -217,11 +217,10 @@ def test_a_user_whose_worker_stopped_beating_reads_offline(gateway, clients):
     client = clients()
     client.login(user)
     node = gateway.presence(user)[0]
-    presence = gateway.redis.hget(gateway.key("online"), user)
-    gateway.redis.hset(gateway.key("online"), user,
-                       json.dumps(["gone:1:dead", *json.loads(presence)[1:]]))
+    presence = gateway.presence(user)
+    gateway.set_presence(user, "gone:1:dead", *presence[1:])
     assert get(gateway, f"/users/{user}/presence").json()["online"] is False
-    gateway.redis.hset(gateway.key("online"), user, presence)
+    gateway.set_presence(user, *presence)
     assert get(gateway, f"/users/{user}/presence").json()["node"] == node
 
 

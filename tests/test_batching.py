@@ -188,7 +188,7 @@ def test_direct_chats_sent_at_once_all_arrive_in_order(direct):
 
 def test_a_chat_whose_stream_is_unusable_fails_alone(direct):
     receivers = [uid() for _ in range(10)]
-    direct.redis.set(direct.key("chat", receivers[0]), "not a stream")
+    direct.redis.set(direct.user_key(receivers[0], "chat"), "not a stream")
     inboxes = _login_all(direct, receivers)
     senders = _login_all(direct, [uid() for _ in receivers])
     try:

@@ -80,7 +80,7 @@ def test_geo_delivers_what_is_stored(gateway, clients, user):
     client.login(user)
     # A message that reached the store without a delivery signal (one lost while Redis
     # was away, say) goes out at the next geo.
-    gateway.redis.xadd(gateway.key("chat", user), {"m": json.dumps({"to": user, "n": 1})})
+    gateway.redis.xadd(gateway.user_key(user, "chat"), {"m": json.dumps({"to": user, "n": 1})})
     assert client.call("geo", {"lat": 1}) == 1
     assert without_mids(json.loads(client.expect("chat"))) == [{"to": user, "n": 1}]
 
@@ -111,7 +111,7 @@ def test_snschat_to_online_user_is_stored_archived_and_sent(gateway, clients, ch
     gateway.publish("snschat", message)
     (received,) = json.loads(client.expect("chat"))
     assert without_mids(received) == message
-    [(stored_id, _)] = gateway.redis.xrange(gateway.key("chat", user))
+    [(stored_id, _)] = gateway.redis.xrange(gateway.user_key(user, "chat"))
     assert received["mid"] == stored_id.decode(), "each delivery carries its stored id"
     assert channels.expect("chat_message_history_channel",
                            lambda m: m.get("to") == user) == message
@@ -161,8 +161,7 @@ def test_snschat_to_offline_user_asks_for_a_mobile_push(gateway, channels, user)
 
 def test_chat_for_a_user_gone_from_its_worker_asks_for_a_mobile_push(gateway, channels, user):
     # Presence left behind by a disconnect whose unbind failed (Redis away at the time).
-    gateway.redis.hset(gateway.key("online"), user,
-                       json.dumps([gateway.node, "gone-sid", "d", 1]))
+    gateway.set_presence(user, gateway.node, "gone-sid", "d", 1)
     gateway.publish("snschat", {"from": "bob", "to": user, "text": "anyone?"})
     assert channels.expect("chat_message_channel", lambda m: m.get("toWho") == user)
 
@@ -263,11 +262,11 @@ def test_channel_names_and_key_prefix_come_from_the_environment(direct_gateway):
         subscriber.expect("out_history", lambda m: m["to"] == user)
         direct_gateway.publish("in_notify", {"toWho": [user], "needStore": False, "v": 1})
         assert json.loads(client.expect("notification"))["v"] == 1
-        assert direct_gateway.redis.hexists("px:online", user)
+        assert direct_gateway.redis.hget(f"px:{{{user}}}:on", "sid")
         offline = uid()
         direct_gateway.publish("in_chat", {"from": "x", "to": offline})
         subscriber.expect("out_push", lambda m: m["toWho"] == offline)
-        assert direct_gateway.redis.exists(f"px:chat:{offline}")
+        assert direct_gateway.redis.exists(f"px:{{{offline}}}:chat")
     finally:
         client.close()
         subscriber.close()

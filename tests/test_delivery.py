@@ -32,7 +32,7 @@ def test_stored_notifications_carry_their_mid(gateway, user):
     gateway.publish("notification", {"toWho": [user], "needStore": True, "n": 1})
     (text,), ack_id = raw.expect("notification")
     notification = json.loads(text)
-    [(stored_id, _)] = gateway.redis.xrange(gateway.key("notif", user))
+    [(stored_id, _)] = gateway.redis.xrange(gateway.user_key(user, "notif"))
     assert notification == {"toWho": [user], "needStore": True, "n": 1,
                             "mid": stored_id.decode()}
     raw.ack(ack_id)

@@ -67,7 +67,7 @@ def test_huge_channel_messages_are_refused_and_the_listener_stays(guarded):
         assert [m["seq"] for m in client.received] == list(range(20))
         assert refused == 6 and len(lines) == 6
         assert all(len(line) < 600 for line in lines)
-        assert guarded.redis.exists(guarded.key("chat", victim)) == 0
+        assert guarded.redis.exists(guarded.user_key(victim, "chat")) == 0
         assert value(samples, "pushapp_listener_reconnects_total") == 0
         assert "listener lost Redis" not in guarded.log_text()
         assert peak - rss_before < 8 * MB, "a refused message was held in memory"
@@ -150,7 +150,7 @@ def test_a_full_queue_drops_with_a_log_line_and_a_count(guarded):
     wait, the rest are dropped, each with a log line and a count. Once the store works,
     what waited is stored, in order."""
     stuck, user = uid(), uid()
-    guarded.redis.set(guarded.key("chat", stuck), "not a stream")
+    guarded.redis.set(guarded.user_key(stuck, "chat"), "not a stream")
     stalls = guarded.log_text().count("not stored yet")
     guarded.publish("snschat", chat_of(100, stuck))
     wait_for(lambda: guarded.log_text().count("not stored yet") > stalls,
@@ -171,8 +171,8 @@ def test_a_full_queue_drops_with_a_log_line_and_a_count(guarded):
     # holds its share until it is stored.
     fits = (QUEUE - len(chat_of(100, stuck)) - 100) // (size + 100)
     wait_for(lambda: dropped() == count - fits, what="the queue to fill")
-    guarded.redis.delete(guarded.key("chat", stuck))
-    wait_for(lambda: guarded.redis.xlen(guarded.key("chat", user)) == fits, timeout=20,
+    guarded.redis.delete(guarded.user_key(stuck, "chat"))
+    wait_for(lambda: guarded.redis.xlen(guarded.user_key(user, "chat")) == fits, timeout=20,
              what="what waited to be stored")
     lines = [line for line in guarded.log_text().splitlines() if "dropped a message" in line]
     print(f"\nfull queue: {count} chats of {size} bytes published while the handler "

@@ -181,7 +181,7 @@ def test_a_scrape_costs_redis_the_same_however_many_users_wait(start_gateway):
     users = [uid("many") for _ in range(5000)]
     with gateway.redis.pipeline(transaction=False) as pipe:
         for user in users:
-            pipe.xadd(gateway.key("notif", user), {"m": '{"toWho": [], "needStore": true}'})
+            pipe.xadd(gateway.user_key(user, "notif"), {"m": '{"toWho": [], "needStore": true}'})
         pipe.execute()
 
     def stored() -> tuple[float, float]:

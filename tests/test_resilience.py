@@ -12,6 +12,7 @@ import redis
 import requests
 
 from pushapp.embedded_redis import free_port
+from pushapp.store import user_key
 from support import ROOT, Client, Gateway, uid, wait_for
 
 
@@ -66,7 +67,7 @@ def test_embedded_redis_is_started_persisted_and_stopped_with_the_gateway(tmp_pa
     store = redis.Redis(unix_socket_path=str(data / "redis.sock"))
     assert store.config_get("appendonly") == {"appendonly": "yes"}
     store.publish("notification", json.dumps({"toWho": [user], "needStore": True, "n": 1}))
-    wait_for(lambda: store.xlen(f"pushapp:notif:{user}") == 1)
+    wait_for(lambda: store.xlen(user_key("pushapp:", user, "notif")) == 1)
     store.close()
     first.send_signal(signal.SIGTERM)
     first.wait(20)

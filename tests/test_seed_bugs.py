@@ -144,7 +144,7 @@ def test_bug7_stored_lists_are_bounded_in_length(direct_gateway):
         direct_gateway.publish("in_chat", {"from": "a", "to": user, "n": n})
     wait_for(lambda: [m["n"] for m in direct_gateway.pending("chat", user)] == [3, 4, 5, 6, 7],
              what="only the newest STORE_MAX_ENTRIES=5 to stay")
-    assert 0 < direct_gateway.redis.pttl(direct_gateway.key("chat", user)) <= 2000
+    assert 0 < direct_gateway.redis.pttl(direct_gateway.user_key(user, "chat")) <= 2000
 
 
 def test_bug7_stored_messages_expire(direct_gateway):
@@ -155,7 +155,7 @@ def test_bug7_stored_messages_expire(direct_gateway):
     direct_gateway.publish("in_chat", {"from": "a", "to": user, "n": "new"})
     wait_for(lambda: [m["n"] for m in direct_gateway.pending("chat", user)] == ["new"],
              what="the message older than STORE_MAX_AGE=2s to go")
-    wait_for(lambda: not direct_gateway.redis.exists(direct_gateway.key("chat", user)),
+    wait_for(lambda: not direct_gateway.redis.exists(direct_gateway.user_key(user, "chat")),
              timeout=4, what="the idle stream to expire")
 
 

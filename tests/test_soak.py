@@ -58,7 +58,7 @@ def test_thousands_of_clients_for_minutes_hold_steady(start_gateway):
             samples.append(gateway.worker_rss())
         stop.set()
         publisher.join()
-        wait_for(lambda: not any(gateway.redis.xlen(gateway.key("notif", u)) for u in users),
+        wait_for(lambda: not any(gateway.redis.xlen(gateway.user_key(u, "notif")) for u in users),
                  timeout=60, what="every stored notification to be acked")
         snapshot = load.snapshot()
         delivered = snapshot["count"]["notif"]

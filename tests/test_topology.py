@@ -27,6 +27,7 @@ import requests
 
 from fleets import Fleet, PollingClients, Swarm, Traffic, account, addresses, settle
 from pushapp.embedded_redis import free_port
+from pushapp.store import user_key
 from support import ROOT, Supervisor, require_binary, uid, wait_for
 
 pytestmark = pytest.mark.deployment
@@ -140,8 +141,8 @@ class Topology:
     def redis(self) -> Any:
         return self.supervisor.redis
 
-    def key(self, *parts: str) -> str:
-        return "pushapp:" + ":".join(parts)
+    def user_key(self, user: str, part: str) -> str:
+        return user_key("pushapp:", user, part)
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +165,11 @@ def topology(tmp_path_factory: pytest.TempPathFactory, start_redis) -> Iterator[
 def spread(topology: Topology, fleet: Fleet) -> Counter[int]:
     """How many of the fleet's users each instance holds, from the presence in Redis."""
     instance_of = topology.instance_of()
-    online = topology.supervisor.redis.hmget(topology.key("online"), fleet.users)
-    return Counter(instance_of.get(json.loads(raw)[0]) for raw in online if raw)
+    with topology.redis.pipeline(transaction=False) as pipe:
+        for user in fleet.users:
+            pipe.hget(topology.user_key(user, "on"), "node")
+        nodes = pipe.execute()
+    return Counter(instance_of.get(node.decode()) for node in nodes if node)
 
 
 def restart(topology: Topology, fleet: Fleet, target: str, others_stay_up: bool) -> dict:
