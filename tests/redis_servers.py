@@ -77,8 +77,10 @@ class Server:
     def wait_ready(self) -> None:
         def answers() -> bool:
             if self.process.poll() is not None:
-                raise AssertionError(f"redis-server on {self.port} exited: "
-                                     + (self.directory / "redis.log").read_text()[-2000:])
+                log = self.directory / "redis.log"
+                raise AssertionError(f"redis-server on {self.port} exited with "
+                                     f"{self.process.returncode}: "
+                                     + (log.read_text()[-2000:] if log.exists() else "no log"))
             try:
                 return self.client.ping()
             except redis.ConnectionError:
@@ -135,6 +137,14 @@ class Cluster:
         return "redis+cluster://" + ",".join(f"{HOST}:{node.port}" for node in self.nodes)
 
     def start(self) -> "Cluster":
+        """Start and form the cluster; on failure stop what was started, and raise."""
+        try:
+            return self._form()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _form(self) -> "Cluster":
         for node in self.nodes:
             node.start()
         for node in self.nodes:
@@ -220,6 +230,14 @@ class Sentinels:
         return f"redis+sentinel://{hosts}/{self.name}"
 
     def start(self) -> "Sentinels":
+        """Start the group; on failure stop what was started, and raise."""
+        try:
+            return self._watch()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _watch(self) -> "Sentinels":
         for server in (self.master, self.replica):
             server.start().wait_ready()
         wait_for(lambda: self.replica.info("replication").get("master_link_status") == "up",
