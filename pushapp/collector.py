@@ -32,11 +32,12 @@ class Ticker:
         self.work = work
         self.busy = busy
         self.period = period
-        self._greenlet: gevent.Greenlet | None = None
+        self._running = False
 
     def wake(self) -> None:
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._loop)
+        if not self._running:
+            self._running = True
+            gevent.spawn_raw(self._loop)
 
     def _loop(self) -> None:
         try:
@@ -44,7 +45,7 @@ class Ticker:
                 gevent.sleep(self.period)
                 self.work()
         finally:
-            self._greenlet = None
+            self._running = False
 
 
 class Collector(Generic[T, R]):

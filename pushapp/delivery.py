@@ -242,7 +242,7 @@ class Delivery:
         sids = [conn.sid for conn in map(self.by_user.get, users) if conn is not None]
         if sids:
             self.server.emit("notification", raw, to=sids)
-            metrics.MESSAGES_OUT.labels("notification").inc(len(sids))
+            metrics.labelled(metrics.MESSAGES_OUT, "notification").inc(len(sids))
 
     def flush(self, conns: list[Conn], kinds: int) -> None:
         """Send what is stored after the sockets' cursors. If a flush of that kind is
@@ -331,7 +331,7 @@ class Delivery:
         ids = [entry.id for entry in entries]
         self.server.emit("chat", batch.decode(), to=conn.sid,
                          callback=partial(self._chats_acked, conn, ids))
-        metrics.MESSAGES_OUT.labels("chat").inc(len(ids))
+        metrics.labelled(metrics.MESSAGES_OUT, "chat").inc(len(ids))
         conn.unacked_chats += 1
         self._ack_watch.sent(conn)
 
@@ -354,7 +354,7 @@ class Delivery:
             self.server.emit("notification", with_mid(entry.raw, entry.id).decode(),
                              to=conn.sid,
                              callback=partial(self._notification_acked, conn, entry.id))
-        metrics.MESSAGES_OUT.labels("notification").inc(len(entries))
+        metrics.labelled(metrics.MESSAGES_OUT, "notification").inc(len(entries))
         conn.unacked_notifs += len(entries)
         self._ack_watch.sent(conn)
 

@@ -50,7 +50,7 @@ class Router:
         placements = self.store.store_chats(chats)
         if len(chats) == 1 and isinstance(placements[0], redis.ResponseError):
             raise placements[0]
-        metrics.MESSAGES_IN.labels("chat").inc(len(chats))
+        metrics.labelled(metrics.MESSAGES_IN, "chat").inc(len(chats))
         by_node: dict[str, list[Stored]] = defaultdict(list)
         for (to, raw), placement in zip(chats, placements):
             if isinstance(placement, redis.ResponseError):
@@ -70,7 +70,7 @@ class Router:
             message, self.config.max_recipients, self.config.max_user_id_length)
         placements = (self._store_notification(users, raw) if need_store
                       else self._locate(users))
-        metrics.MESSAGES_IN.labels("notification").inc()
+        metrics.labelled(metrics.MESSAGES_IN, "notification").inc()
         by_node: dict[str, list[Stored]] = defaultdict(list)
         for user, placement in zip(users, placements):
             if placement.node is not None:

@@ -358,7 +358,9 @@ class LeanSocket(engineio_socket.Socket):
             self._reader.stop()
         if not self._handling:
             self._handling = True
-            gevent.spawn(self._handle_inbox)
+            # A raw greenlet: no Greenlet object to link or join, about half the cost of
+            # gevent.spawn, which a chat pays on every packet.
+            gevent.spawn_raw(self._handle_inbox)
 
     def _handle_inbox(self) -> None:
         try:
