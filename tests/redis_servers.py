@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 
@@ -117,7 +118,32 @@ def _cluster_port() -> int:
                 pass
 
 
-class Cluster:
+_G = TypeVar("_G", bound="_Group")
+
+
+class _Group:
+    """Servers started and stopped together."""
+
+    servers: list[Server]
+
+    def start(self: _G) -> _G:
+        """Start the group; on failure stop what was started, and raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.kill()
+
+
+class Cluster(_Group):
     """A Redis Cluster of ``masters`` masters with one replica each, formed with the
     cluster commands (CLUSTER MEET, ADDSLOTS, REPLICATE), as ``redis-cli --cluster
     create`` does."""
@@ -130,21 +156,13 @@ class Cluster:
                         "--cluster-replica-validity-factor", "0", port=_cluster_port())
                  for i in range(2 * masters)]
         self.masters, self.replicas = nodes[:masters], nodes[masters:]
-        self.nodes = nodes
+        self.nodes = self.servers = nodes
 
     @property
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"{HOST}:{node.port}" for node in self.nodes)
 
-    def start(self) -> "Cluster":
-        """Start and form the cluster; on failure stop what was started, and raise."""
-        try:
-            return self._form()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _form(self) -> "Cluster":
+    def _start(self) -> None:
         for node in self.nodes:
             node.start()
         for node in self.nodes:
@@ -161,7 +179,6 @@ class Cluster:
         for replica, master in zip(self.replicas, self.masters):
             replica.client.execute_command("CLUSTER", "REPLICATE", self.node_id(master))
         wait_for(self._formed, START, "the cluster to be formed, replicas in sync")
-        return self
 
     def node_id(self, node: Server) -> str:
         return node.client.execute_command("CLUSTER", "MYID")
@@ -199,12 +216,9 @@ class Cluster:
     def replica_of(self, master: Server) -> Server:
         return self.replicas[self.masters.index(master)]
 
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.kill()
 
 
-class Sentinels:
+class Sentinels(_Group):
     """A master, its replica, and three sentinels watching them under ``name``, which
     take the master for down after ``DOWN_AFTER_MS`` and agree (two of three) to promote
     the replica."""
@@ -223,21 +237,14 @@ class Sentinels:
                             f"sentinel failover-timeout {name} 5000\n")
             self.sentinels.append(Server(binary, directory / f"sentinel-{index}", str(conf),
                                          "--sentinel"))
+        self.servers = [*self.sentinels, self.replica, self.master]
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"{HOST}:{sentinel.port}" for sentinel in self.sentinels)
         return f"redis+sentinel://{hosts}/{self.name}"
 
-    def start(self) -> "Sentinels":
-        """Start the group; on failure stop what was started, and raise."""
-        try:
-            return self._watch()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _watch(self) -> "Sentinels":
+    def _start(self) -> None:
         for server in (self.master, self.replica):
             server.start().wait_ready()
         wait_for(lambda: self.replica.info("replication").get("master_link_status") == "up",
@@ -247,7 +254,6 @@ class Sentinels:
         for sentinel in self.sentinels:
             sentinel.wait_ready()
         wait_for(self._watching, START, "the sentinels to know each other and the replica")
-        return self
 
     def _watching(self) -> bool:
         for sentinel in self.sentinels:
@@ -256,7 +262,3 @@ class Sentinels:
             if (int(state["num-other-sentinels"]), int(state["num-slaves"])) != (2, 1):
                 return False
         return True
-
-    def stop(self) -> None:
-        for server in (*self.sentinels, self.replica, self.master):
-            server.kill()
