@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import redis
 
-from pushapp.embedded_redis import free_port
+from pushapp.ops.embedded_redis import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_SEED = ROOT / "bench" / "node_seed"

@@ -23,7 +23,7 @@ import jwt
 import orjson
 import redis
 
-from pushapp.embedded_redis import EmbeddedRedis
+from pushapp.ops.embedded_redis import EmbeddedRedis
 
 from . import procs
 from .loadgen import LoadGen

@@ -9,18 +9,22 @@ import gevent
 from flask import Flask
 from flask_socketio import SocketIO
 
-from . import api, logs, metrics, migration, pages, payloads, web
-from .bridge import Bridge, node_name
+from . import payloads
+from .http import api, health, pages
+from .ops import backlog, logs
+from .store import migration
+from .ingest.listener import Bridge, node_name
 from .config import Config, ConfigError
-from .delivery import Delivery
+from .sockets.connections import Connections
+from .sockets.delivery import Delivery
 from .drain import Drain
-from .events import GatewayServer, Events
-from .limits import Limits
-from .manager import GatewayManager
-from .memory import MemoryReturn
-from .routing import Router
-from .store import Store, connect
-from .transport import LeanEngineServer
+from .sockets.events import GatewayServer, Events
+from .wire.limits import Limits
+from .wire.manager import GatewayManager
+from .ops.memory import MemoryReturn
+from .ingest.routing import Router
+from .store.store import Store, connect
+from .wire.transport import LeanEngineServer
 
 
 @dataclasses.dataclass
@@ -81,15 +85,15 @@ def create_app(config: Config | None = None) -> Flask:
     GatewayServer.adopt(socketio.server, limits)
 
     store = Store(config, connect(config))
-    delivery = Delivery(config, store, socketio.server, node_name())
+    delivery = Delivery(config, store, socketio.server, node_name(), Connections())
     router = Router(config, store, delivery)
-    events = Events(config, store, delivery, router, socketio.server)
+    events = Events(config, store, delivery, router.chat, socketio.server)
     events.register()
     LeanEngineServer.adopt(
         socketio.server.eio, socketio.server.environ, config,
         config.socket_capacity(resource.getrlimit(resource.RLIMIT_NOFILE)[0]), limits,
         events.logged_in)
-    app.register_blueprint(web.bp)
+    app.register_blueprint(health.bp)
     api.init_app(app, config, store, router)
     pages.init_app(app, config)
 
@@ -102,7 +106,7 @@ def create_app(config: Config | None = None) -> Flask:
         Drain(config.drain_window, socketio.server, delivery, bridge), limits,
         gevent.spawn(delivery.watch_expiries),
         gevent.spawn(MemoryReturn(lambda: len(delivery.by_sid)).run),
-        gevent.spawn(metrics.BacklogCount(store, lambda: bridge.leader).run))
+        gevent.spawn(backlog.BacklogCount(store, lambda: bridge.leader).run))
     if config.auth_mode == "insecure":
         logging.getLogger(__name__).warning(
             "AUTH_MODE=insecure: logins are trusted as sent (myAuraId), anyone can log in as "

@@ -6,7 +6,7 @@ defaults: that is ``bin/serve``). ``pushapp token USER`` mints a login token for
 ``pushapp check-config`` prints the settings the gateway would run with, secrets hidden,
 or one line per problem and exit status 1, so a deployment can check before it restarts.
 ``pushapp upgrade-keys`` moves what an older pushapp stored into today's key layout
-(pushapp.migration); the gunicorn master runs it at every start, before the workers.
+(pushapp.store.migration); the gunicorn master runs it at every start, before the workers.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def check_config(args: list[str]) -> int:
                             ).parse_args(args)
     # The problems are printed below, once each; the key loaders' log lines would repeat them.
     logging.disable(logging.CRITICAL)
-    from .identity import Authenticator  # jwt and cryptography: only this command needs them
+    from .sockets.identity import Authenticator  # jwt and cryptography: only this command needs them
 
     try:
         config = Config.from_env()
@@ -64,8 +64,8 @@ def upgrade_keys(args: list[str]) -> int:
                             ).parse_args(args)
     import redis
 
-    from . import migration
-    from .store import connect
+    from .store import migration
+    from .store.store import connect
 
     logging.basicConfig(level=logging.INFO, format="pushapp: %(message)s")
     try:

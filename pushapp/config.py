@@ -11,9 +11,7 @@ import math
 import os
 from collections.abc import Mapping
 from typing import Any, Callable
-from urllib.parse import parse_qsl, urlencode
-
-from . import redis_url
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 
 # An HS256 key as long as the hash: RFC 7518 section 3.2.
@@ -78,8 +76,8 @@ def _origins(text: str) -> list[str] | str:
 
 
 def _redis_url(text: str) -> str:
-    """The URL as given (redis-py reads it), once ``redis_url.parse`` found it usable."""
-    redis_url.parse(text)
+    """The URL as given (redis-py reads it), once ``parse_redis_url`` found it usable."""
+    parse_redis_url(text)
     return text
 
 
@@ -286,3 +284,121 @@ class Config:
     def key(self, *parts: str) -> str:
         """A Redis key (or internal channel) under ``key_prefix``."""
         return self.key_prefix + ":".join(parts)
+
+
+# The grammar of REDIS_URL; pushapp.store.redis_url makes the clients. It uses only the
+# standard library: gunicorn's master validates the settings before its workers apply
+# gevent's monkey patching, which must come before redis-py (and ssl) are imported.
+# The three forms (README, "Configuration")::
+#
+#     redis://[[user]:password@]host[:port][/db]   rediss://…   unix://[[user]:password@]/path
+#     redis+cluster://[[user]:password@]host:port[,host:port…]          rediss+cluster://…
+#     redis+sentinel://[[user]:password@]host:port[,host:port…]/MASTER[?db=N&sentinel_password=…]
+SINGLE_SCHEMES = ("redis", "rediss", "unix")
+# scheme -> (kind, TLS)
+_MANY_HOSTS = {
+    "redis+cluster": ("cluster", False),
+    "rediss+cluster": ("cluster", True),
+    "redis+sentinel": ("sentinel", False),
+    "rediss+sentinel": ("sentinel", True),
+}
+_DEFAULT_PORT = {"cluster": 6379, "sentinel": 26379}
+# Query options each kind takes; anything else is a mistake better named at start.
+_OPTIONS = {"cluster": ("password",), "sentinel": ("db", "password", "sentinel_password")}
+_FORMS = ("redis://, rediss://, unix://, redis+cluster://, rediss+cluster://, "
+          "redis+sentinel:// or rediss+sentinel://")
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisTarget:
+    """What a ``REDIS_URL`` names. Its repr leaves the passwords (and the URL, which may
+    hold one) out, so that a log line or a traceback never shows them."""
+
+    kind: str  # "single", "cluster" or "sentinel"
+    # Cluster: seed nodes; Sentinel: the sentinels; single: none (``url`` says it all).
+    nodes: tuple[tuple[str, int], ...] = ()
+    master: str = ""  # Sentinel: the name of the master the sentinels monitor
+    db: int = 0  # Sentinel: the master's database
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    sentinel_password: str | None = dataclasses.field(default=None, repr=False)
+    tls: bool = False
+    url: str = dataclasses.field(default="", repr=False)  # single: given to from_url
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """The target of ``url``, or ``ValueError`` saying in one line what is wrong with it
+    (never quoting a password)."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or (scheme not in SINGLE_SCHEMES and scheme not in _MANY_HOSTS):
+        raise ValueError(f"expected a URL starting with {_FORMS}")
+    parts = urlsplit(url)
+    if scheme != "unix" and "@" in url[len(scheme) + 3 + len(parts.netloc):]:
+        # A '/', '?' or '#' in a password ends the host part early: the rest would be
+        # read as hosts, path or options, and quoted in the errors below.
+        raise ValueError("'@' after the host part: percent-encode '/', '?', '#' and '@' in "
+                         "a user name or password (%2F, %3F, %23, %40)")
+    if scheme in SINGLE_SCHEMES:
+        host = parts.netloc.rpartition("@")[2]
+        if "," in host:
+            raise ValueError(f"{scheme}:// names one server: for several, use "
+                             "redis+cluster:// or redis+sentinel://")
+        if scheme != "unix" and host:
+            _node(host, 6379)  # the same checks of the host and port as below
+        return RedisTarget("single", tls=scheme == "rediss", url=url)
+    kind, tls = _MANY_HOSTS[scheme]
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    nodes = tuple(_node(text, _DEFAULT_PORT[kind]) for text in hosts.split(","))
+    options = _options(parts.query, kind, scheme)
+    if password and "password" in options:
+        raise ValueError("the password is given twice, before the hosts and as ?password=")
+    path = unquote(parts.path.strip("/"))
+    if kind == "cluster" and path:
+        raise ValueError(f"Redis Cluster has no databases: remove '/{path}' from the URL")
+    if kind == "sentinel" and (not path or "/" in path):
+        raise ValueError(f"{scheme}:// needs the name of the master the sentinels monitor "
+                         f"as its path, and nothing else: {scheme}://host:26379/MASTER_NAME")
+    return RedisTarget(kind, nodes, master=path if kind == "sentinel" else "",
+                       db=_db(options.get("db", "0")), username=unquote(username) or None,
+                       password=unquote(password) or options.get("password") or None,
+                       sentinel_password=options.get("sentinel_password") or None, tls=tls)
+
+
+def _node(text: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[ipv6]:port`` as (host, port)."""
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        port = port.removeprefix(":")
+    elif text.count(":") == 1 or ":" not in text:
+        host, _, port = text.partition(":")
+    else:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, as [address]:port")
+    if not host:
+        raise ValueError("a host is missing: expected host:port[,host:port…]")
+    if not port:
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"the port of {host} is {port!r}, not a number from 1 to 65535")
+    return host, int(port)
+
+
+def _options(query: str, kind: str, scheme: str) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if kind == "cluster" and key == "db":
+            raise ValueError("Redis Cluster has no databases: remove db= from the URL")
+        if key not in _OPTIONS[kind]:
+            raise ValueError(f"unknown option {key!r} in a {scheme}:// URL; it takes "
+                             + ", ".join(_OPTIONS[kind]))
+        if key in options:
+            raise ValueError(f"option {key!r} is given twice")
+        options[key] = value
+    return options
+
+
+def _db(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"db is {text!r}, not a database number")
+    return int(text)

@@ -7,7 +7,7 @@ taken as a lost connection: they reconnect with backoff. So a worker that stops 
 gunicorn's graceful reload, ``max_requests``) drains in this order:
 
 1. it reports not ready (``/health/ready`` answers 503) and its HTTP server turns new
-   Engine.IO sessions away (pushapp.worker);
+   Engine.IO sessions away (pushapp.wire.worker);
 2. it hands the ingest lease over, after handling what it heard on the business channels;
 3. it closes its clients' transports, a share every tick over ``DRAIN_WINDOW`` so that
    thousands do not come back in the same moment. What a websocket client sent before it
@@ -26,8 +26,8 @@ import time
 import gevent
 import socketio
 
-from .bridge import Bridge
-from .delivery import Delivery
+from .ingest.listener import Bridge
+from .sockets.delivery import Delivery
 
 log = logging.getLogger(__name__)
 

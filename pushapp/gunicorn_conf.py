@@ -17,17 +17,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import redis_url
-from .config import Config, ConfigError
-from .embedded_redis import EmbeddedRedis
+from .config import Config, ConfigError, parse_redis_url
+from .ops.embedded_redis import EmbeddedRedis
 
 try:
     _config = Config.from_env()
 except ConfigError as exc:
     # One line per problem and no traceback: nothing would be gained by starting workers.
     sys.exit("\n".join(f"pushapp: {problem}" for problem in exc.problems))
-if _config.redis_url and redis_url.parse(_config.redis_url).kind != "single":
-    # pushapp.redis_url connects to them; the store's scripts still need one server.
+if _config.redis_url and parse_redis_url(_config.redis_url).kind != "single":
+    # pushapp.store.redis_url connects to them; the store's scripts still need one server.
     sys.exit("pushapp: REDIS_URL names a Redis Cluster or Sentinel: the gateway does not "
              "run on them yet, only on one Redis server (docs/deployment.md)")
 _embedded = None
@@ -36,8 +35,8 @@ _metrics_temp = None
 bind = _config.listen
 workers = _config.workers
 # gevent-websocket's worker, with a bound on the size of websocket frames, does the
-# handshake; pushapp.transport then takes the connection over (docs/deployment.md).
-worker_class = "pushapp.worker.GatewayWorker"
+# handshake; pushapp.wire.transport then takes the connection over (docs/deployment.md).
+worker_class = "pushapp.wire.worker.GatewayWorker"
 # A stopping worker closes its clients over DRAIN_WINDOW (pushapp.drain), then exits.
 graceful_timeout = _config.graceful_timeout
 timeout = 30
@@ -48,7 +47,7 @@ control_socket_disable = True
 errorlog = "-"
 loglevel = _config.log_level.lower()
 if _config.log_format == "json":
-    logconfig_dict = {"formatters": {"generic": {"()": "pushapp.logs.JsonFormatter"}}}
+    logconfig_dict = {"formatters": {"generic": {"()": "pushapp.ops.logs.JsonFormatter"}}}
 
 
 def _raise_open_files_limit() -> None:
@@ -62,7 +61,7 @@ _raise_open_files_limit()
 
 _OPEN_FILES = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 # gunicorn's default of 1000 would cap a worker at 1000 requests in progress, /monitor
-# included. The worker refuses websockets past the same number (pushapp.transport).
+# included. The worker refuses websockets past the same number (pushapp.wire.transport).
 worker_connections = _config.socket_capacity(_OPEN_FILES)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pytest
 
-from pushapp.embedded_redis import EmbeddedRedis, free_port
+from pushapp.ops.embedded_redis import EmbeddedRedis, free_port
 from support import JS_DIR, LACKING, Client, Gateway, Subscriber, uid
 
 SEED_CHANNELS = ("login_message_channel", "chat_filter_channel", "chat_message_history_channel",

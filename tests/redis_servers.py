@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import redis
 
-from pushapp.embedded_redis import find_binary, free_port
+from pushapp.ops.embedded_redis import find_binary, free_port
 from support import lacking, require_binary, wait_for
 
 HOST = "127.0.0.1"

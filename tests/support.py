@@ -29,8 +29,8 @@ import requests
 import socketio
 import websocket
 
-from pushapp.embedded_redis import EmbeddedRedis, free_port
-from pushapp.store import user_key
+from pushapp.ops.embedded_redis import EmbeddedRedis, free_port
+from pushapp.store.store import user_key
 
 ROOT = Path(__file__).resolve().parents[1]
 JS_DIR = ROOT / "tests" / "js"

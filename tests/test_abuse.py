@@ -72,8 +72,8 @@ def joined(gateway: Gateway, **kwargs) -> websocket.WebSocket:
 
 
 def log_lines(gateway: Gateway) -> int:
-    """Lines about clients' errors so far (pushapp.limits writes them all)."""
-    return gateway.log_text().count(" pushapp.limits: ")
+    """Lines about clients' errors so far (pushapp.wire.limits writes them all)."""
+    return gateway.log_text().count(" pushapp.wire.limits: ")
 
 
 def errors_counted(gateway: Gateway, reason: str) -> float:

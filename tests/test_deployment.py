@@ -15,7 +15,7 @@ import requests
 import websocket
 
 from pushapp.config import Config
-from pushapp.embedded_redis import free_port
+from pushapp.ops.embedded_redis import free_port
 from support import ROOT, Supervisor, require_binary, wait_for
 
 

@@ -21,8 +21,8 @@ import requests
 from flask import Flask
 
 from pushapp import api, web
-from pushapp.openapi import CATALOG
-from pushapp.embedded_redis import free_port
+from pushapp.http.openapi import CATALOG
+from pushapp.ops.embedded_redis import free_port
 from support import API_KEY, ROOT, Gateway, uid, wait_for
 
 DOC = (ROOT / "docs" / "http-api.md").read_text()

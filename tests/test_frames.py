@@ -1,4 +1,4 @@
-"""Websocket framing (pushapp/frames.py): bytes in any pieces, whole messages out.
+"""Websocket framing (pushapp/wire/frames.py): bytes in any pieces, whole messages out.
 
 The transport's tests send real frames over real sockets; these check the corners a
 client library rarely produces: split headers, 64-bit lengths, fragments with control
@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from pushapp.frames import (BINARY, CLOSE, CONTINUATION, PING, TEXT, FrameError, FrameReader,
+from pushapp.wire.frames import (BINARY, CLOSE, CONTINUATION, PING, TEXT, FrameError, FrameReader,
                             close_frame, frame)
 
 

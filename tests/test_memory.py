@@ -1,7 +1,7 @@
 """When the worker hands memory back: after a large drop in sockets, once it has settled."""
 from __future__ import annotations
 
-from pushapp.memory import MemoryReturn
+from pushapp.ops.memory import MemoryReturn
 
 
 def test_trims_once_after_a_large_drop_has_settled(caplog):
@@ -10,7 +10,7 @@ def test_trims_once_after_a_large_drop_has_settled(caplog):
     trims = []
     for _ in range(8):
         caplog.clear()
-        with caplog.at_level("INFO", logger="pushapp.memory"):
+        with caplog.at_level("INFO", logger="pushapp.ops.memory"):
             watcher.check()
         trims.append(bool(caplog.records))
     # Still falling at 3000 and 1200; settled at the second 1200. Then the peak is 1200,

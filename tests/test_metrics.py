@@ -11,7 +11,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from pushapp.metrics import COUNT_EVERY
+from pushapp.ops.backlog import COUNT_EVERY
 from support import API_KEY, WAIT, Gateway, Subscriber, clients_on_workers, uid, wait_for
 
 

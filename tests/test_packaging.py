@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from pushapp.config import Config
-from pushapp.embedded_redis import free_port
+from pushapp.ops.embedded_redis import free_port
 from support import ROOT, wait_for
 
 if sys.version_info >= (3, 11):
@@ -164,5 +164,5 @@ def test_serve_runs_the_gateway_until_sigterm(installed, start_redis, tmp_path):
         serving.send_signal(signal.SIGTERM)
         assert serving.wait(20) == 0
     said = (tmp_path / "serve.log").read_text()
-    assert "Using worker: pushapp.worker.GatewayWorker" in said
+    assert "Using worker: pushapp.wire.worker.GatewayWorker" in said
     assert "Shutting down: Master" in said and "Traceback" not in said

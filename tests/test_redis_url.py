@@ -12,9 +12,9 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from pushapp.config import Config, ConfigError
-from pushapp.embedded_redis import EmbeddedRedis, find_binary
-from pushapp.redis_url import RedisTarget, connect, parse, sharded_pubsub
+from pushapp.config import Config, ConfigError, RedisTarget, parse_redis_url as parse
+from pushapp.ops.embedded_redis import EmbeddedRedis, find_binary
+from pushapp.store.redis_url import connect, sharded_pubsub
 from redis_servers import Cluster, Sentinels, Server, redis7_binary, redis_binary, version
 from support import ROOT, Mailbox, refused_start, uid, wait_for
 

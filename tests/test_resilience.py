@@ -11,8 +11,8 @@ import time
 import redis
 import requests
 
-from pushapp.embedded_redis import free_port
-from pushapp.store import user_key
+from pushapp.ops.embedded_redis import free_port
+from pushapp.store.store import user_key
 from support import ROOT, Client, Gateway, uid, wait_for
 
 

@@ -24,8 +24,8 @@ import websocket
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from pushapp.delivery import client_address
-from pushapp.embedded_redis import EmbeddedRedis, free_port
+from pushapp.sockets.delivery import client_address
+from pushapp.ops.embedded_redis import EmbeddedRedis, free_port
 from pushapp.tokens import mint
 from support import ROOT, Client, Gateway, Subscriber, refused_start, uid, wait_for
 

@@ -26,8 +26,8 @@ import pytest
 import requests
 
 from fleets import Fleet, PollingClients, Swarm, Traffic, account, addresses, settle
-from pushapp.embedded_redis import free_port
-from pushapp.store import user_key
+from pushapp.ops.embedded_redis import free_port
+from pushapp.store.store import user_key
 from support import ROOT, Supervisor, require_binary, uid, wait_for
 
 pytestmark = pytest.mark.deployment

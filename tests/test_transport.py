@@ -1,4 +1,4 @@
-"""The websocket transport (pushapp/transport.py): direct writes, one pinger per worker,
+"""The websocket transport (pushapp/wire/transport.py): direct writes, one pinger per worker,
 the polling upgrade, a client that stops reading, and TRANSPORTS."""
 from __future__ import annotations
 

@@ -1,0 +1,124 @@
+"""The durable way in for business servers: a Redis Stream instead of pub/sub.
+
+``XADD <prefix>inbox * channel snschat data '{"from":…,"to":…}'`` (or ``channel
+notification``). Unlike PUBLISH, a message added to the stream is kept by Redis until the
+gateway has stored it: the ingest lease holder reads it through a consumer group and
+acknowledges it only after routing, so a worker killed in between leaves it pending, and
+the next lease holder claims and routes it (at least once; a crash between routing and
+acknowledging makes a duplicate, with a new mid).
+
+An entry whose ``data`` is over ``MAX_CHANNEL_MESSAGE_BYTES`` is refused (one log line,
+a count) and removed: the reader's connection skips it as it arrives (pushapp.store.capped), and
+reads at most ``capped.held_bytes`` of entries at once.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import gevent
+import redis
+
+from .. import payloads
+from ..store.capped import Oversized, held_bytes, refuse
+from ..config import Config
+
+log = logging.getLogger(__name__)
+
+GROUP = "gateway"
+_BLOCK_MS = 1000
+# Entries read at once, at most.
+_BATCH = 100
+
+
+class Inbox:
+    def __init__(self, config: Config, client: redis.Redis, node: str,
+                 leader: Callable[[], bool], route: Callable[[str, bytes], None]) -> None:
+        """``client`` reads and acknowledges the entries: its connection must skip data
+        over the limit (``capped.capped_client``)."""
+        self.key = config.key("inbox")
+        self.channels = {b"snschat": config.channel_snschat,
+                         b"notification": config.channel_notification}
+        self.redis = client
+        self.limit = config.max_channel_message_bytes
+        self.count = max(1, min(_BATCH, held_bytes(self.limit) // self.limit))
+        self.node = node
+        self.leader = leader
+        self.route = route
+        # Entries idle this long while this node holds the lease were left by a consumer
+        # that is gone (or by this one, after a Redis failure).
+        self.claim_idle_ms = int(config.lease_ttl * 1000)
+
+    def run(self) -> None:
+        """Consume while this node holds the lease; after any Redis failure start over,
+        which first claims what was read and not acknowledged."""
+        backoff = 0.1
+        while True:
+            if not self.leader():
+                gevent.sleep(0.2)
+                continue
+            try:
+                self._consume()
+            except redis.RedisError as exc:
+                log.warning("inbox: Redis failed (%s); retrying in %.1fs", exc, backoff)
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            else:
+                backoff = 0.1
+
+    def _consume(self) -> None:
+        r = self.redis
+        try:
+            r.xgroup_create(self.key, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        # Taking over: what earlier holders read and left is older than anything new, so
+        # it goes first, whatever its age.
+        self._claim_abandoned(0)
+        claim_due = time.monotonic() + self.claim_idle_ms / 2000
+        while self.leader():
+            if time.monotonic() >= claim_due:
+                self._claim_abandoned(self.claim_idle_ms)
+                claim_due = time.monotonic() + self.claim_idle_ms / 2000
+            for _, entries in r.xreadgroup(GROUP, self.node, {self.key: ">"}, count=self.count,
+                                           block=_BLOCK_MS) or []:
+                self._handle(entries)
+
+    def _claim_abandoned(self, min_idle_ms: int) -> None:
+        """Route entries read by a consumer that never acknowledged them: a worker that
+        died, or this one before a Redis failure."""
+        start = "0-0"
+        while True:
+            # Redis 6.2 answers [next, entries]; 7 adds the ids of deleted entries.
+            reply = self.redis.xautoclaim(self.key, GROUP, self.node, min_idle_ms,
+                                          start_id=start, count=self.count)
+            self._handle(reply[1])
+            start = reply[0]
+            if start in (b"0-0", "0-0"):
+                return
+
+    def _handle(self, entries: list) -> None:
+        done = []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted while pending
+                done.append(entry_id)
+                continue
+            channel = self.channels.get(fields.get(b"channel", b""))
+            data = fields.get(b"data", b"")
+            try:
+                if channel is None:
+                    raise payloads.PayloadError("channel must be snschat or notification")
+                if isinstance(data, Oversized):
+                    refuse(f"the inbox (entry {entry_id.decode()})", data, self.limit)
+                else:
+                    self.route(channel, data)
+            except payloads.PayloadError as exc:
+                log.warning("inbox: skipped entry %s: %s", entry_id, exc)
+            done.append(entry_id)
+        if done:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xack(self.key, GROUP, *done)
+            pipe.xdel(self.key, *done)
+            pipe.execute()

@@ -1,0 +1,139 @@
+"""Messages from business servers: store them, then hand them to the node holding each
+recipient.
+
+The pub/sub listener, ``CHAT_FILTER=direct`` chats and the HTTP API all enter here,
+so a message is handled the same way whichever way it came in. Signals to another worker
+go over that worker's own channel, ``<prefix>node:<node>``.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+import redis
+
+from .. import payloads
+from ..ops import metrics
+from ..store.batching import Collector
+from ..config import Config
+from ..kinds import CHAT, NOTIF
+from ..sockets.delivery import Delivery, Stored
+from ..store.store import Placement, Store
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    def __init__(self, config: Config, store: Store, delivery: Delivery) -> None:
+        self.config = config
+        self.store = store
+        self.delivery = delivery
+        self.node = delivery.node
+        self._one_by_one = Collector(self.chats, limit=500)
+
+    def chat(self, message: dict, raw: bytes) -> dict[str, Placement]:
+        """A chat as on ``snschat``: store for ``to``, archive, deliver or ask for a push.
+        Returns, per recipient, the stored id and the node it was online at. Chats that
+        come one at a time from many greenlets (``CHAT_FILTER=direct`` clients, API
+        requests) in the same moment are stored and signalled together."""
+        to = self.recipient(message)
+        return {to: self._one_by_one.call((to, raw))}
+
+    def recipient(self, chat: dict) -> str:
+        """Whom a chat is for; raises PayloadError if it names no valid user."""
+        return payloads.user_id(chat.get("to"), "to", self.config.max_user_id_length)
+
+    def chats(self, chats: list[tuple[str, bytes]]) -> list[Placement | redis.ResponseError]:
+        """Chats (recipient, raw) heard together: stored in order in one step, then handed
+        to the nodes of their recipients, one signal per node. A chat whose stream cannot
+        be written (its key holds another type) fails alone, its error its answer; a lone
+        chat raises it."""
+        placements = self.store.store_chats(chats)
+        if len(chats) == 1 and isinstance(placements[0], redis.ResponseError):
+            raise placements[0]
+        metrics.labelled(metrics.MESSAGES_IN, "chat").inc(len(chats))
+        by_node: dict[str, list[Stored]] = defaultdict(list)
+        for (to, raw), placement in zip(chats, placements):
+            if isinstance(placement, redis.ResponseError):
+                continue
+            if placement.node is None:
+                self.delivery.push(to)
+            else:
+                by_node[placement.node].append(Stored(to, placement.id, placement.prev, raw))
+        for node, stored in by_node.items():
+            self._hand_over(node, CHAT, stored)
+        return placements
+
+    def notification(self, message: dict, raw: bytes) -> dict[str, Placement]:
+        """A notification as on ``notification``: store per recipient if asked, deliver to
+        those online."""
+        users, need_store = payloads.notification(
+            message, self.config.max_recipients, self.config.max_user_id_length)
+        placements = (self._store_notification(users, raw) if need_store
+                      else self._locate(users))
+        metrics.labelled(metrics.MESSAGES_IN, "notification").inc()
+        by_node: dict[str, list[Stored]] = defaultdict(list)
+        for user, placement in zip(users, placements):
+            if placement.node is not None:
+                by_node[placement.node].append(Stored(user, placement.id, placement.prev, raw))
+        for node, stored in by_node.items():
+            if need_store:
+                self._hand_over(node, NOTIF, stored)
+            else:
+                self._signal(node, {"k": 0, "u": [s.user for s in stored], "m": raw.decode()})
+        return dict(zip(users, placements))
+
+    def _store_notification(self, users: list[str], raw: bytes) -> list[Placement]:
+        """Store a notification for each user; one whose stream key holds another type is
+        left out with a log line (the others are stored)."""
+        placements = []
+        for user, placement in zip(users, self.store.store_notification(users, raw)):
+            if isinstance(placement, redis.ResponseError):
+                log.warning("notification for user=%s not stored: %s", user, placement)
+                metrics.ERRORS.labels("redis").inc()
+                placement = Placement(None, None)
+            placements.append(placement)
+        return placements
+
+    def _locate(self, users: list[str]) -> list[Placement]:
+        """Where the recipients of an unstored notification are. Those connected to this
+        worker need no lookup; if all are here, Redis is not asked at all."""
+        here = [user in self.delivery.by_user for user in users]
+        elsewhere = [user for user, local in zip(users, here) if not local]
+        found = iter(self.store.locate(elsewhere) if elsewhere else ())
+        return [Placement(None, self.node if local else next(found)) for local in here]
+
+    def _hand_over(self, node: str, kind: int, stored: list[Stored]) -> None:
+        """Messages just stored, to the node holding their users' sockets: this worker's
+        delivery directly, another's over its channel (each text once for a notification,
+        which is the same for every user)."""
+        if node == self.node:
+            self.delivery.deliver_stored(kind, stored)
+        elif kind == CHAT:
+            self._signal(node, {"k": kind, "e": [[s.user, s.id, s.prev, s.raw.decode()]
+                                                 for s in stored]})
+        else:
+            self._signal(node, {"k": kind, "m": stored[0].raw.decode(),
+                                "e": [[s.user, s.id, s.prev] for s in stored]})
+
+    def _signal(self, node: str, signal: dict[str, Any]) -> None:
+        if node == self.node:
+            self.on_signal(signal)
+        else:
+            self.store.publish(self.config.key("node", node), payloads.dumps(signal))
+
+    def on_signal(self, signal: dict[str, Any]) -> None:
+        """A signal for this node, from itself or from the node that stored a message."""
+        kind = signal["k"]
+        if kind == "kick":
+            self.delivery.kick(signal["u"], signal["s"], signal["l"])
+        elif kind == 0:
+            self.delivery.deliver_unstored(signal["u"], signal["m"])
+        elif kind == CHAT:
+            self.delivery.deliver_stored(kind, [Stored(user, msg_id, prev, raw.encode())
+                                                for user, msg_id, prev, raw in signal["e"]])
+        else:
+            raw = signal["m"].encode()
+            self.delivery.deliver_stored(kind, [Stored(user, msg_id, prev, raw)
+                                                for user, msg_id, prev in signal["e"]])

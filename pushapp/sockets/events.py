@@ -1,0 +1,367 @@
+"""The seed's Socket.IO events: ``login``, ``chat``, ``hb``, ``geo`` and disconnect.
+
+Every handler checks its payload first. A bad one gets ``{"error": reason}`` as its ack,
+or, if the client asked for no ack, an ``error`` event ``{"event", "error"}``; the socket
+stays connected either way. The socket's identity is the user it logged in as: ids in
+``chat`` and ``geo`` payloads may repeat it but never change it.
+"""
+from __future__ import annotations
+
+import contextvars
+import functools
+import logging
+import math
+import time
+from typing import Any, Callable
+
+import gevent
+import redis
+import socketio
+
+from .. import payloads
+from ..ops import logs, metrics
+from ..config import Config
+from ..internals import adopt
+from ..internals.socketio_engineio import SocketServer
+from ..internals.socketio_engineio import socketio_packet as packet
+from ..wire.addresses import client_address
+from ..kinds import CHAT, NOTIF
+from .connections import Conn
+from .delivery import Delivery
+from ..wire.frames import POLICY_VIOLATION
+from .identity import AuthError, Authenticator
+from ..wire.limits import Limits, Verdict
+from ..store.store import Placement, Store
+from ..wire.transport import LeanSocket
+
+log = logging.getLogger(__name__)
+
+EVENTS = ("login", "chat", "hb", "geo", "refresh")
+# Seconds between two warnings that client chats reach no filter server.
+UNHEARD_WARNING_INTERVAL = 60.0
+
+_ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack", default=False)
+
+
+# Exceptions that python-socketio raises on a packet that cannot be decoded or dispatched.
+_UNDECODABLE = (ValueError, TypeError, IndexError, KeyError, RecursionError)
+# The first character of a Socket.IO BINARY_EVENT or BINARY_ACK packet.
+_BINARY_TYPES = (str(packet.BINARY_EVENT), str(packet.BINARY_ACK))
+_ASKS_WORK = (packet.CONNECT, packet.DISCONNECT, packet.EVENT)
+
+
+class GatewayServer(SocketServer):
+    """python-socketio's server, with every packet a client sends policed first.
+
+    Limits belong to the connection (the Engine.IO socket, pushapp.wire.limits), so that
+    leaving and joining the namespace again (``41``, ``40``) resets nothing:
+
+    - binary packets (``45…``, ``46…``) cut the connection off: the contract has none,
+      and python-socketio would buffer the attachments they announce without bound;
+    - a packet that cannot be decoded, or an ack of nothing the server sent, is a strike;
+    - every other packet (an event, a namespace connect or disconnect) spends a token of
+      the connection's bucket; over the rate it is refused, an event with the reason,
+      and ``RATE_STRIKES`` refusals in a row cut the connection off.
+
+    It also records whether the client asked for an ack, so that a handler can answer an
+    error as the ack when there is one and as an ``error`` event when there is not.
+    """
+
+    limits: Limits
+
+    @classmethod
+    def adopt(cls, server: socketio.Server, limits: Limits) -> None:
+        """Turn the server Flask-SocketIO built into this class. Flask-SocketIO offers no way
+        to pass a server class; the Engine.IO message handler was bound at construction,
+        so it is bound again."""
+        adopt(server, cls)
+        server.limits = limits
+        server.eio.on("message", server._handle_eio_message)
+
+    def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None:
+            return  # closed meanwhile
+        if not isinstance(data, str) or data[:1] in _BINARY_TYPES:
+            sock.refuse_binary()
+            return
+        try:
+            pkt = self.packet_class(encoded_packet=data)
+            namespace = pkt.namespace or "/"
+            if pkt.packet_type == packet.ACK:
+                self._client_ack(sock, eio_sid, namespace, pkt, data)
+                return
+            if pkt.packet_type not in _ASKS_WORK:
+                raise ValueError(f"a client may not send packet type {pkt.packet_type}")
+            verdict = self.limits.limiter.check(sock)
+            if verdict is not Verdict.ALLOW:
+                self._over_rate(sock, eio_sid, pkt, verdict is Verdict.ABUSE)
+            elif pkt.packet_type == packet.CONNECT:
+                self._handle_connect(eio_sid, namespace, pkt.data)
+                if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
+                    sock.handshake_done()
+            elif pkt.packet_type == packet.DISCONNECT:
+                self._handle_disconnect(eio_sid, namespace, self.reason.CLIENT_DISCONNECT)
+            else:
+                self._handle_event(eio_sid, namespace, pkt.id, pkt.data)
+        except _UNDECODABLE as exc:
+            sock.misbehaved("malformed_packet", f"unusable Socket.IO packet ({exc})", data)
+
+    def _client_ack(self, sock: LeanSocket, eio_sid: str, namespace: str, pkt: packet.Packet,
+                    data: str) -> None:
+        """An ack is free (the server asked for it), unless it answers nothing it sent. (Ack
+        ids start at 1: python-socketio keeps its id counter under 0.)"""
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if not pkt.id or pkt.id not in self.manager.callbacks.get(sid, ()):
+            sock.misbehaved("bad_ack", "an ack of nothing sent", data)
+            return
+        self._handle_ack(eio_sid, namespace, pkt.id, pkt.data)
+
+    def _over_rate(self, sock: LeanSocket, eio_sid: str, pkt: packet.Packet, abuse: bool) -> None:
+        """Refuse a packet over the connection's rate, with the reason; cut the connection
+        off after ``RATE_STRIKES`` refusals in a row."""
+        reason = f"rate limited: at most {self.limits.limiter.rate:g} events per second"
+        if abuse:
+            reason += "; disconnecting"
+        self.limits.errors.report("rate_limited", sock, "eio_sid=%s address=%s: %s", eio_sid,
+                                  sock.address, reason, level=logging.INFO)
+        if pkt.packet_type == packet.EVENT:
+            answer = (self.packet_class(packet.ACK, namespace=pkt.namespace, id=pkt.id,
+                                        data=[{"error": reason}]) if pkt.id is not None else
+                      self.packet_class(packet.EVENT, namespace=pkt.namespace, data=[
+                          "error", {"event": event_name(pkt.data), "error": reason}]))
+            self._send_packet(eio_sid, answer)
+        elif pkt.packet_type == packet.CONNECT:
+            self._send_packet(eio_sid, self.packet_class(
+                packet.CONNECT_ERROR, data={"message": reason}, namespace=pkt.namespace))
+        if abuse:
+            self.limits.errors.report("abuse", None, "eio_sid=%s address=%s: cut off: event "
+                                      "flood", eio_sid, sock.address)
+            sock.cut_off(POLICY_VIOLATION, "event flood")
+
+    def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):  # noqa: A002
+        token = _ack_requested.set(id is not None)
+        try:
+            return super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+        finally:
+            _ack_requested.reset(token)
+
+
+def event_name(data: Any) -> str:
+    """The event an EVENT packet's data (or a handler's arguments) names, as far as it
+    names one, for answers and log lines."""
+    return str(data[0])[:64] if isinstance(data, (list, tuple)) and data else "?"
+
+
+class Unheard:
+    """Client chats published on ``CHANNEL_CHAT_FILTER`` that no subscriber received: with
+    no filter server running they go nowhere, and the clients, acked, never know. Each is
+    counted (``pushapp_errors_total{reason="chat_filter_unheard"}``); a warning says how
+    many, at most once per ``UNHEARD_WARNING_INTERVAL``, so a chat flood is one line."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.count = 0
+        self.warned = -math.inf
+
+    def add(self) -> None:
+        metrics.ERRORS.labels("chat_filter_unheard").inc()
+        self.count += 1
+        now = time.monotonic()
+        if now - self.warned >= UNHEARD_WARNING_INTERVAL:
+            log.warning("%d chat(s) from clients reached no subscriber of %s and are lost "
+                        "(counted since the last such line, one a minute at most): is the "
+                        "filter server running? Without one, set CHAT_FILTER=direct",
+                        self.count, self.channel)
+            self.count, self.warned = 0, now
+
+
+class Events:
+    """The Socket.IO events of clients: login, chat, acks and the rest.
+
+    ``route_chat`` is the ingest's Router.chat (store, then hand to the recipient's node),
+    given by the app rather than imported: a ``CHAT_FILTER=direct`` chat enters the same
+    path as a business server's, and the sockets layer stays below the ingest."""
+
+    def __init__(self, config: Config, store: Store, delivery: Delivery,
+                 route_chat: Callable[[dict, bytes], dict[str, Placement]],
+                 server: GatewayServer) -> None:
+        self.config = config
+        self.store = store
+        self.delivery = delivery
+        self.route_chat = route_chat
+        self.server = server
+        self.errors = server.limits.errors
+        self.auth = Authenticator(config)
+        self.per_address: dict[str, int] = {}
+        self.unheard = Unheard(config.channel_chat_filter)
+
+    def register(self) -> None:
+        """Handlers go on python-socketio's server itself: Flask-SocketIO's own would build
+        a Flask request context (URL matching included) around every event, a fifth of
+        the CPU an event costs, for nothing these handlers use."""
+        for name in EVENTS:
+            self.server.on(name, self._guard(name, getattr(self, "on_" + name)))
+        self.server.on("connect", self.on_connect)
+        self.server.on("disconnect", self.on_disconnect)
+        unknown = self._guard("*", self.on_unknown)
+        self.server.on("*", lambda event, sid, *args: unknown(sid, event, *args))
+
+    def _guard(self, event: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """Run, and turn every failure into an answer to the client. (The rate was
+        checked before, for the whole connection: GatewayServer.)"""
+        @functools.wraps(handler)
+        def guarded(sid: str, *args: Any) -> Any:
+            name = event_name(args) if event == "*" else event
+            if sid not in self.delivery.by_sid:
+                return self._reject(sid, name, "not connected")
+            try:
+                return handler(sid, *args)
+            except AuthError as exc:
+                self._client_error("auth_refused", sid, "%s refused: %s", name, exc)
+                return self._reject(sid, name, str(exc), close=True)
+            except payloads.PayloadError as exc:
+                self._client_error("client_event_invalid", sid, "rejected %s: %s", name, exc,
+                                   level=logging.INFO)
+                return self._reject(sid, name, str(exc))
+            except redis.RedisError as exc:
+                log.error("%s from sid=%s failed, Redis unavailable: %s", name, sid, exc)
+                metrics.ERRORS.labels("redis").inc()
+                return self._reject(sid, name, "temporarily unavailable, try again")
+            except Exception:
+                log.exception("%s from sid=%s failed", name, sid)
+                metrics.ERRORS.labels("internal").inc()
+                return self._reject(sid, name, "internal error")
+
+        return guarded
+
+    def _reject(self, sid: str, event: str, reason: str, close: bool = False) -> dict | None:
+        """Answer ``reason`` as the ack, or as an ``error`` event when no ack was asked for;
+        with ``close``, disconnect once the answer has been queued."""
+        if close:
+            gevent.spawn(self.server.disconnect, sid)
+        if _ack_requested.get():
+            return {"error": reason}
+        self.server.emit("error", {"event": event, "error": reason}, to=sid)
+        return None
+
+    def _client_error(self, reason: str, sid: str, message: str, *args: Any,
+                      level: int = logging.WARNING) -> None:
+        """Count and (within the budgets of pushapp.wire.limits.ClientErrors) log a client's
+        mistake, with its sid and address."""
+        self.errors.report(reason, self._socket(sid), "sid=%s address=%s: " + message, sid,
+                           self.delivery.address(sid), *args, level=level)
+
+    def _socket(self, sid: str) -> LeanSocket | None:
+        """The Engine.IO socket (the connection) of the namespace connection ``sid``."""
+        return self.server.eio.sockets.get(self.server.manager.eio_sid_from_sid(sid, "/"))
+
+    def logged_in(self, eio_sid: str) -> bool:
+        """Whether the Engine.IO socket ``eio_sid`` is logged in (pushapp.wire.transport closes
+        it if it is not, ``LOGIN_TIMEOUT`` after it opened or left its namespace)."""
+        conn = self.delivery.by_sid.get(self.server.manager.sid_from_eio_sid(eio_sid, "/"))
+        return conn is not None and conn.user is not None
+
+    def _conn(self, sid: str) -> Conn:
+        conn = self.delivery.by_sid[sid]
+        if conn.user is None:
+            raise payloads.PayloadError("not logged in: send login first")
+        return conn
+
+    def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
+        """Count the address, check a token given in the connect auth, keep its claims."""
+        address = client_address(environ, self.config.forwarded_allow_ips)
+        limit = self.config.max_connections_per_ip
+        if limit and self.per_address.get(address, 0) >= limit:
+            self.errors.report("connections_per_ip", None, "refused connection from %s: %d "
+                               "connections already", address, limit)
+            raise socketio.exceptions.ConnectionRefusedError(
+                "too many connections from this address")
+        claims = None
+        if isinstance(auth, dict) and auth.get("token") and not self.auth.insecure:
+            try:
+                claims = self.auth.verify(auth["token"])
+            except AuthError as exc:
+                self.errors.report("auth_refused", None, "connect refused sid=%s address=%s: %s",
+                                   sid, address, exc)
+                raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        self.per_address[address] = self.per_address.get(address, 0) + 1
+        self.delivery.connect(sid).claims = claims
+        logs.event(log, "connect", sid=sid, address=address)
+        metrics.CONNECTIONS.inc()
+
+    def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        """Uncount the address and forget the socket; a logged-in user leaves its rate
+        bucket behind for its next login. If only the namespace was left (the client's
+        ``41``, a kick) and the connection stays open, it must log in again within
+        ``LOGIN_TIMEOUT``."""
+        sock = self._socket(sid)
+        conn = self.delivery.by_sid.get(sid)
+        if sock is not None:
+            if conn is not None and conn.user is not None:
+                self.server.limits.limiter.leave(conn.user, sock)
+            if not (sock.closing or sock.closed):
+                self.server.eio.login_watch.add(sock.sid)
+        address = self.delivery.address(sid)
+        left = self.per_address.get(address, 0) - 1
+        if left > 0:
+            self.per_address[address] = left
+        else:
+            self.per_address.pop(address, None)
+        metrics.CONNECTIONS.dec()
+        self.delivery.disconnect(sid)
+
+    def on_unknown(self, sid: str, event: Any, *args: Any) -> None:
+        raise payloads.PayloadError("unknown event; the gateway takes " + ", ".join(EVENTS))
+
+    def on_login(self, sid: str, *args: Any) -> int:
+        userinfo, _ = payloads.event_object(args, self.config.max_event_bytes)
+        who = self.auth.identify(userinfo, self.delivery.by_sid[sid].claims)
+        seen = payloads.last_mids(userinfo.pop("lastMids", None))
+        userinfo.pop("token", None)
+        userinfo.setdefault("myAuraId", who.user)
+        self.delivery.login(sid, who, payloads.dumps(userinfo), self.delivery.address(sid),
+                            seen)
+        sock = self._socket(sid)
+        if sock is not None:
+            self.server.limits.limiter.join(who.user, sock)
+        return 1
+
+    def on_refresh(self, sid: str, *args: Any) -> int:
+        """A newer token for the logged-in user moves the socket's expiry."""
+        conn = self._conn(sid)
+        if self.auth.insecure:
+            raise payloads.PayloadError("refresh needs AUTH_MODE=jwt")
+        body, _ = payloads.event_object(args, self.config.max_event_bytes)
+        claims = self.auth.verify(body.get("token"))
+        if claims.user != conn.user:
+            raise AuthError("user mismatch")
+        self.delivery.set_expiry(conn, claims.expires)
+        return 1
+
+    def on_chat(self, sid: str, *args: Any) -> int:
+        user = self._conn(sid).user
+        message, raw = payloads.event_object(args, self.config.max_event_bytes)
+        payloads.same_user(message, "from", user)
+        payloads.user_id(message.get("to"), "to", self.config.max_user_id_length)
+        if "from" not in message:
+            message["from"] = user
+            raw = payloads.dumps(message)
+        if self.config.chat_filter == "direct":
+            self.route_chat(message, raw)
+        elif not self.store.publish(self.config.channel_chat_filter, raw):
+            self.unheard.add()
+        return 1
+
+    def on_hb(self, sid: str, *args: Any) -> int:
+        return 1
+
+    def on_geo(self, sid: str, *args: Any) -> int:
+        conn = self._conn(sid)
+        geo, _ = payloads.event_object(args, self.config.max_event_bytes)
+        payloads.same_user(geo, "myAuraId", conn.user)
+        geo.setdefault("myAuraId", conn.user)
+        self.store.publish(self.config.channel_geo,
+                           payloads.dumps({"geo": geo, "time": int(time.time() * 1000)}))
+        self.delivery.flush([conn], CHAT | NOTIF)
+        return 1

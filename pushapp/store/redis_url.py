@@ -1,0 +1,116 @@
+"""From ``REDIS_URL`` to a redis-py client: one Redis server, a Redis Cluster, or the
+master a group of Sentinels names. What the URL may say (``RedisTarget``, ``parse_redis_url``) is part
+of the settings, in pushapp.config, which checks it at start.
+
+A single server's URL goes to redis-py's ``from_url`` as it is. For a cluster the hosts are
+seeds: redis-py asks any of them for the others and follows the slots as they move and as
+replicas are promoted. For Sentinel the hosts are the sentinels, and the client asks them
+where the master named by the path is each time it connects, so that it follows failovers.
+
+``connect`` and ``sharded_pubsub`` import redis-py when called: gunicorn's master imports
+this module's package before its workers apply gevent's monkey patching, which must come
+before redis-py (and ssl) are imported.
+"""
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis
+    from redis.cluster import RedisCluster
+
+    from ..config import Config, RedisTarget
+
+# Redis 7.0 brought sharded pub/sub (SPUBLISH, SSUBSCRIBE).
+SHARDED_PUBSUB_VERSION = (7, 0)
+
+
+def connect(config: Config, size: int | None = None,
+            **options: Any) -> redis.Redis | RedisCluster:
+    """A client of ``REDIS_URL`` whose pools are bounded (``REDIS_MAX_CONNECTIONS``, or
+    ``size``) and make a caller wait up to ``REDIS_POOL_TIMEOUT`` for a free connection
+    instead of failing (redis-py's default pools raise once theirs are busy); ``options``
+    go to each connection. A cluster client keeps such a pool per node, and asks the seeds
+    for the slots at once, raising if none answers (the others connect at first use)."""
+    import redis
+
+    from ..config import parse_redis_url
+
+    target = parse_redis_url(config.redis_url)
+    bounds = {"max_connections": size or config.redis_max_connections,
+              "timeout": config.redis_pool_timeout}
+    if target.kind == "cluster":
+        return _cluster(target, bounds, options)
+    if target.kind == "sentinel":
+        return _sentinel(target, bounds, options)
+    pool = redis.BlockingConnectionPool.from_url(target.url, health_check_interval=30,
+                                                 **bounds, **options)
+    return redis.Redis(connection_pool=pool)
+
+
+def _cluster(target: RedisTarget, bounds: dict[str, Any],
+             options: dict[str, Any]) -> RedisCluster:
+    import redis
+    from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
+
+    # RedisCluster drops the options it does not know without a word: say so instead.
+    # health_check_interval is one of them; a node's broken connection fails its command,
+    # and the client then asks the cluster where the slots are.
+    dropped = sorted(set(options) - set(REDIS_ALLOWED_KEYS))
+    if dropped:
+        raise TypeError(f"redis-py's RedisCluster does not take {', '.join(dropped)}")
+    (host, port), *seeds = target.nodes
+    host = f"[{host}]" if ":" in host else host
+    # redis-py 8.1 builds each node's pool with connection_pool_class only for a client
+    # made from a URL; the other seeds are added to the one the URL names.
+    return RedisCluster(url=f"{'rediss' if target.tls else 'redis'}://{host}:{port}",
+                        startup_nodes=[ClusterNode(*seed) for seed in seeds],
+                        connection_pool_class=redis.BlockingConnectionPool,
+                        username=target.username, password=target.password,
+                        **bounds, **options)
+
+
+def _sentinel(target: RedisTarget, bounds: dict[str, Any],
+              options: dict[str, Any]) -> redis.Redis:
+    from redis.sentinel import Sentinel
+
+    # The sentinels get the socket options (redis-py's own default), their password and TLS.
+    sentinels = Sentinel(target.nodes, sentinel_kwargs={
+        **{key: value for key, value in options.items() if key.startswith("socket_")},
+        "password": target.sentinel_password, "ssl": target.tls})
+    return sentinels.master_for(
+        target.master, connection_pool_class=_blocking_sentinel_pool(),
+        db=target.db, username=target.username, password=target.password,
+        ssl=target.tls, health_check_interval=30, **bounds, **options)
+
+
+@functools.cache
+def _blocking_sentinel_pool() -> type:
+    """redis-py's SentinelConnectionPool (which asks the sentinels for the master's
+    address at each connect, and drops connections to a master that was replaced)
+    with BlockingConnectionPool's bound and wait. redis-py 8.1 has no such class; the
+    two compose as they are: the sentinel pool's methods call ``super()``."""
+    import redis
+    from redis.sentinel import SentinelConnectionPool
+
+    return type("BlockingSentinelConnectionPool",
+                (SentinelConnectionPool, redis.BlockingConnectionPool), {"__module__": __name__})
+
+
+def sharded_pubsub(client: redis.Redis | RedisCluster) -> bool:
+    """Whether every primary behind ``client`` runs Redis 7.0 or newer, and so has
+    sharded pub/sub (SPUBLISH, SSUBSCRIBE). On a cluster, a PUBLISH goes to every node
+    and a SPUBLISH only to the shard of its channel: the gateway picks the one its Redis
+    has, at start."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        infos = client.info("server", target_nodes=RedisCluster.PRIMARIES).values()
+    else:
+        infos = [client.info("server")]
+    return all(_version(info["redis_version"]) >= SHARDED_PUBSUB_VERSION for info in infos)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2])
