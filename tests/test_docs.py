@@ -20,7 +20,7 @@ from typing import Any
 import requests
 from flask import Flask
 
-from pushapp import api, web
+from pushapp.http import api, health
 from pushapp.http.openapi import CATALOG
 from pushapp.ops.embedded_redis import free_port
 from support import API_KEY, ROOT, Gateway, uid, wait_for
@@ -119,7 +119,7 @@ def test_the_docs_and_the_openapi_document_cover_every_route(gateway: Gateway):
     assert not missing, f"docs/http-api.md does not list {missing}"
     app = Flask("routes")
     app.url_map.converters["user"] = api.UserConverter
-    app.register_blueprint(web.bp)
+    app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     served = {rule.endpoint for rule in app.url_map.iter_rules()} - {"static"}
     assert served == {op.endpoint for op in CATALOG.operations}

@@ -23,8 +23,8 @@ import requests
 from flask import Flask
 
 from browser import CHROMIUM_ARGS, Page
-from pushapp import pages as pages_module
-from pushapp import vendor
+from pushapp.http import pages as pages_module
+from pushapp.http import vendor
 from pushapp.config import Config
 from support import API_KEY, ROOT, Gateway, require_binary, uid, wait_for
 
