@@ -1,4 +1,4 @@
-"""The application factory: one Flask app, its Socket.IO server and the Redis bridge."""
+"""The application factory: one Flask app, its Socket.IO server and the Redis listener."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,20 +10,21 @@ from flask import Flask
 from flask_socketio import SocketIO
 
 from . import payloads
-from .http import api, health, pages
-from .ops import backlog, logs
-from .store import migration
-from .ingest.listener import Bridge, node_name
 from .config import Config, ConfigError
+from .drain import Drain
+from .http import api, health, pages
+from .ingest.lease import node_name
+from .ingest.listener import Listener
+from .ingest.routing import Router
+from .ops import backlog, logs
+from .ops.memory import MemoryReturn
 from .sockets.connections import Connections
 from .sockets.delivery import Delivery
-from .drain import Drain
 from .sockets.events import GatewayServer, Events
+from .store import migration
+from .store.store import Store, connect
 from .wire.limits import Limits
 from .wire.manager import GatewayManager
-from .ops.memory import MemoryReturn
-from .ingest.routing import Router
-from .store.store import Store, connect
 from .wire.transport import LeanEngineServer
 
 
@@ -36,7 +37,7 @@ class Gateway:
     store: Store
     delivery: Delivery
     router: Router
-    bridge: Bridge
+    listener: Listener
     drain: Drain
     limits: Limits
 
@@ -50,7 +51,7 @@ class Gateway:
         self.backlog_count.kill(block=False)
         self.socketio.server.eio.pinger.stop()
         self.socketio.server.eio.login_watch.stop()
-        self.bridge.close()
+        self.listener.close()
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -99,14 +100,14 @@ def create_app(config: Config | None = None) -> Flask:
 
     # Done by the gunicorn master already, unless it could not reach Redis.
     gevent.spawn(migration.upgrade_until_done, config, store.redis, delivery.node)
-    bridge = Bridge(config, store, router)
-    bridge.start()
+    listener = Listener(config, store, router)
+    listener.start()
     app.extensions["pushapp"] = Gateway(
-        config, socketio, store, delivery, router, bridge,
-        Drain(config.drain_window, socketio.server, delivery, bridge), limits,
+        config, socketio, store, delivery, router, listener,
+        Drain(config.drain_window, socketio.server, delivery, listener), limits,
         gevent.spawn(delivery.watch_expiries),
         gevent.spawn(MemoryReturn(lambda: len(delivery.by_sid)).run),
-        gevent.spawn(backlog.BacklogCount(store, lambda: bridge.leader).run))
+        gevent.spawn(backlog.BacklogCount(store, lambda: listener.leader).run))
     if config.auth_mode == "insecure":
         logging.getLogger(__name__).warning(
             "AUTH_MODE=insecure: logins are trusted as sent (myAuraId), anyone can log in as "

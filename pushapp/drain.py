@@ -26,7 +26,7 @@ import time
 import gevent
 import socketio
 
-from .ingest.listener import Bridge
+from .ingest.listener import Listener
 from .sockets.delivery import Delivery
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,11 @@ class Drain:
     """Runs the drain once, in its own greenlet; ``started`` is what readiness reports."""
 
     def __init__(self, window: float, server: socketio.Server, delivery: Delivery,
-                 bridge: Bridge) -> None:
+                 listener: Listener) -> None:
         self.window = window
         self.server = server
         self.delivery = delivery
-        self.bridge = bridge
+        self.listener = listener
         self._greenlet: gevent.Greenlet | None = None
 
     @property
@@ -70,7 +70,7 @@ class Drain:
 
     def _run(self) -> None:
         started = time.monotonic()
-        self.bridge.hand_over(_HAND_OVER)
+        self.listener.hand_over(_HAND_OVER)
         closed = self._close_transports(started, started + self.window)
         settle_by = time.monotonic() + _SETTLE
         while self.delivery.by_sid and time.monotonic() < settle_by:

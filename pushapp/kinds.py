@@ -37,5 +37,7 @@ NOTIF = Kind.NOTIFICATION.flag
 KEY_PARTS: tuple[str, ...] = tuple(kind.key for kind in Kind)
 # Store name -> public name (the API's ``kind``, metrics' ``kind`` label).
 LABELS: dict[str, str] = {kind.key: kind.label for kind in Kind}
+# Public name -> store name (a client's lastMids, the API's kind).
+KEY_OF_LABEL: dict[str, str] = {kind.label: kind.key for kind in Kind}
 # Delivery bit -> store name.
 KEY_OF_FLAG: dict[int, str] = {kind.flag: kind.key for kind in Kind}

@@ -7,6 +7,6 @@ from gevent import monkey
 
 monkey.patch_all()
 
-from . import create_app# noqa: E402  (must follow the monkey patching)
+from . import create_app  # noqa: E402  (must follow the monkey patching)
 
 app = create_app()

@@ -27,19 +27,19 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from .. import payloads
-from ..ops import metrics
-from . import api_keys
-from ..wire.addresses import client_address
 from ..config import Config
+from ..ingest.routing import Router
+from ..kinds import LABELS
+from ..ops import metrics
+from ..store.store import Placement, Store
+from ..store.store import Presence as StoredPresence
+from ..wire.addresses import client_address
+from . import api_keys
 from .idempotency import Earlier, Idempotency
 from .openapi import CATALOG
-from ..ingest.routing import Router
 from .schemas import (IDEMPOTENCY_KEY, KIND, LAST, LIMIT, BatchOutcome, Counts, Error,
                       FieldError, Online, Outcome, Pending, PendingMessage, Presence,
                       RedisHealth, Removed, RequestModels, Stats, WorkerStats, field_errors)
-from ..kinds import LABELS
-from ..store.store import Placement, Store
-from ..store.store import Presence as StoredPresence
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def init_app(app: Flask, config: Config, store: Store, router: Router) -> None:
     models = RequestModels.build(config)
     app.url_map.converters["user"] = UserConverter
     app.extensions["pushapp_api"] = Api(
-        config, store, router, models, Idempotency(config, store.redis),
+        config, store, router, models, Idempotency(config, store.idempotency_records()),
         CATALOG.document(models, "pushapp", "1"), api_keys.KeyGuard())
     app.register_blueprint(bp)
 
@@ -381,7 +381,7 @@ def stats() -> Response:
     nodes: dict[str, int] = {}
     lease = None
     try:
-        api.store.redis.ping()
+        api.store.ping()
         health = RedisHealth(ok=True, latency_ms=round((time.perf_counter() - started) * 1000, 3))
         nodes, lease = api.store.nodes(), api.store.lease_holder()
         saved = api.store.saved_backlog()
@@ -389,7 +389,7 @@ def stats() -> Response:
             totals["stored"] = {LABELS[kind]: count for kind, count in saved[0].items()}
     except redis.RedisError as exc:
         health = RedisHealth(ok=False, error=str(exc))
-    return _json(Stats(time_ms=now_ms, node=gateway.bridge.node, redis=health, lease=lease,
+    return _json(Stats(time_ms=now_ms, node=gateway.listener.node, redis=health, lease=lease,
                        totals=totals, workers=_workers(nodes, lease, now_ms)))
 
 

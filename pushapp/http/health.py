@@ -29,14 +29,14 @@ def ready() -> tuple[Response, int]:
     gateway = current_app.extensions["pushapp"]
     if gateway.drain.started:
         return jsonify(ready=False, reason="draining: this worker is stopping"), 503
-    bridge = gateway.bridge
+    listener = gateway.listener
     try:
-        is_ready = bridge.ready()
+        is_ready = listener.ready()
     except Exception as exc:  # any Redis failure means not ready
         return jsonify(ready=False, reason=f"redis: {exc}"), 503
     if not is_ready:
         return jsonify(ready=False, reason="listener not subscribed or no ingest lease"), 503
-    return jsonify(ready=True, node=bridge.node, leader=bridge.leader), 200
+    return jsonify(ready=True, node=listener.node, leader=listener.leader), 200
 
 
 @CATALOG.route(bp, "GET", "/metrics", answers={200: TEXT, 401: TEXT}, public=True)

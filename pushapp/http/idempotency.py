@@ -13,19 +13,11 @@ import os
 from typing import Any, NamedTuple
 
 import orjson
-import redis
 
 from ..config import Config
+from ..store.idempotency_records import IdempotencyRecords
 
 IN_FLIGHT = 60
-
-# KEYS: record. ARGV: our claim, new value ('' deletes), ttl_ms. Touches only our claim.
-_SETTLE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"""
 
 
 class Claim(NamedTuple):
@@ -46,20 +38,21 @@ class Earlier(NamedTuple):
 
 
 class Idempotency:
-    def __init__(self, config: Config, client: redis.Redis) -> None:
+    """The API's idempotent requests, over the records the store keeps."""
+
+    def __init__(self, config: Config, records: IdempotencyRecords) -> None:
         self.config = config
-        self.redis = client
-        self._settle = client.register_script(_SETTLE)
+        self.records = records
 
     def claim(self, scope: str, key: str, body: bytes) -> Claim | Earlier:
         """Hold ``key`` for this request, or say what holds it already."""
-        record_key = self.config.key("idem", scope, key)
+        record_key = self.records.key(scope, key)
         fingerprint = hashlib.sha256(body).hexdigest()
         token = orjson.dumps({"fp": fingerprint, "claim": os.urandom(8).hex()})
         while True:
-            if self.redis.set(record_key, token, nx=True, ex=IN_FLIGHT):
+            if self.records.claim(record_key, token, IN_FLIGHT):
                 return Claim(record_key, token, fingerprint)
-            held = self.redis.get(record_key)
+            held = self.records.get(record_key)
             if held is not None:  # else it expired between the two calls: claim again
                 record = orjson.loads(held)
                 return Earlier(record["fp"] == fingerprint, record.get("status"),
@@ -68,9 +61,8 @@ class Idempotency:
     def finish(self, claim: Claim, status: int, body: Any) -> None:
         """Keep the answer for retries."""
         answer = orjson.dumps({"fp": claim.fingerprint, "status": status, "body": body})
-        self._settle(keys=[claim.key],
-                     args=[claim.token, answer, self.config.idempotency_ttl * 1000])
+        self.records.settle(claim.key, claim.token, answer, self.config.idempotency_ttl * 1000)
 
     def release(self, claim: Claim) -> None:
         """The request failed: let a retry run it."""
-        self._settle(keys=[claim.key], args=[claim.token, "", 0])
+        self.records.settle(claim.key, claim.token, "", 0)

@@ -20,9 +20,9 @@ from flask import (Blueprint, Flask, Response, abort, current_app, redirect,
                    render_template, request, session, url_for)
 from flask.sessions import SecureCookieSessionInterface
 
+from ..config import Config
 from . import api_keys, vendor
 from .api import SESSION_FIELD, SESSION_HEADER, caller_address
-from ..config import Config
 
 log = logging.getLogger(__name__)
 

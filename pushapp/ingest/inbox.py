@@ -9,7 +9,8 @@ acknowledging makes a duplicate, with a new mid).
 
 An entry whose ``data`` is over ``MAX_CHANNEL_MESSAGE_BYTES`` is refused (one log line,
 a count) and removed: the reader's connection skips it as it arrives (pushapp.store.capped), and
-reads at most ``capped.held_bytes`` of entries at once.
+reads at most ``oversized.held_bytes`` of entries at once. The stream's commands are the
+store's (pushapp.store.inbox_stream); what to do with each entry is decided here.
 """
 from __future__ import annotations
 
@@ -21,29 +22,31 @@ import gevent
 import redis
 
 from .. import payloads
-from ..store.capped import Oversized, held_bytes, refuse
 from ..config import Config
+from ..store.capped import Oversized
+from ..store.inbox_stream import InboxStream
+from .oversized import held_bytes, refuse
 
 log = logging.getLogger(__name__)
 
-GROUP = "gateway"
 _BLOCK_MS = 1000
 # Entries read at once, at most.
 _BATCH = 100
 
 
 class Inbox:
+    """The inbox stream's consumer in this worker: reads while the worker holds the lease,
+    routes each entry, then acknowledges and deletes it."""
+
     def __init__(self, config: Config, client: redis.Redis, node: str,
                  leader: Callable[[], bool], route: Callable[[str, bytes], None]) -> None:
         """``client`` reads and acknowledges the entries: its connection must skip data
         over the limit (``capped.capped_client``)."""
-        self.key = config.key("inbox")
         self.channels = {b"snschat": config.channel_snschat,
                          b"notification": config.channel_notification}
-        self.redis = client
         self.limit = config.max_channel_message_bytes
-        self.count = max(1, min(_BATCH, held_bytes(self.limit) // self.limit))
-        self.node = node
+        self.stream = InboxStream(client, config.key("inbox"), node,
+                                  max(1, min(_BATCH, held_bytes(self.limit) // self.limit)))
         self.leader = leader
         self.route = route
         # Entries idle this long while this node holds the lease were left by a consumer
@@ -68,12 +71,7 @@ class Inbox:
                 backoff = 0.1
 
     def _consume(self) -> None:
-        r = self.redis
-        try:
-            r.xgroup_create(self.key, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        self.stream.join()
         # Taking over: what earlier holders read and left is older than anything new, so
         # it goes first, whatever its age.
         self._claim_abandoned(0)
@@ -82,8 +80,7 @@ class Inbox:
             if time.monotonic() >= claim_due:
                 self._claim_abandoned(self.claim_idle_ms)
                 claim_due = time.monotonic() + self.claim_idle_ms / 2000
-            for _, entries in r.xreadgroup(GROUP, self.node, {self.key: ">"}, count=self.count,
-                                           block=_BLOCK_MS) or []:
+            for _, entries in self.stream.read_new(_BLOCK_MS):
                 self._handle(entries)
 
     def _claim_abandoned(self, min_idle_ms: int) -> None:
@@ -91,11 +88,8 @@ class Inbox:
         died, or this one before a Redis failure."""
         start = "0-0"
         while True:
-            # Redis 6.2 answers [next, entries]; 7 adds the ids of deleted entries.
-            reply = self.redis.xautoclaim(self.key, GROUP, self.node, min_idle_ms,
-                                          start_id=start, count=self.count)
-            self._handle(reply[1])
-            start = reply[0]
+            start, entries = self.stream.claim(min_idle_ms, start)
+            self._handle(entries)
             if start in (b"0-0", "0-0"):
                 return
 
@@ -118,7 +112,4 @@ class Inbox:
                 log.warning("inbox: skipped entry %s: %s", entry_id, exc)
             done.append(entry_id)
         if done:
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.xack(self.key, GROUP, *done)
-            pipe.xdel(self.key, *done)
-            pipe.execute()
+            self.stream.done(done)

@@ -1,4 +1,5 @@
-"""The worker's link to Redis pub/sub: a reader, a handler and a keepalive greenlet.
+"""The worker's link to Redis pub/sub: a reader and a handler greenlet, beside the lease's
+keepalive.
 
 The reader takes business servers' channels and this node's own signal channel off the
 pub/sub connection as fast as Redis sends them, and does nothing else: a subscriber that
@@ -7,7 +8,7 @@ message of that backlog, once it passes ``client-output-buffer-limit pubsub`` (3
 default), though each PUBLISH had answered 1. It refuses a business message over
 ``MAX_CHANNEL_MESSAGE_BYTES`` (its connection never holds one whole: pushapp.store.capped) and
 queues the others, in the order heard, for the handler. The queue holds at most
-``capped.held_bytes`` (16 MiB by default); a message heard while it is full is dropped
+``oversized.held_bytes`` (16 MiB by default); a message heard while it is full is dropped
 with a log line and a count: the handler is that far behind, most likely because Redis
 fails its stores, and Redis would otherwise drop the connection and lose more, uncounted.
 
@@ -17,17 +18,14 @@ one round trip per message left it behind the sockets' greenlets. The reader sur
 Redis restarts (reconnect with capped, jittered backoff, then resubscribe) and the
 handler skips any message it cannot use with one log line, so no message can stop them.
 
-Every worker hears the business channels, but only the holder of the ingest lease stores
-what they carry: with several workers each message is stored once (seed bug 9). The
-keepalive greenlet renews the lease and this node's heartbeat; a lease left by a worker
-of this host that has died is taken over at once instead of after its TTL.
+Every worker hears the business channels, but only the holder of the ingest lease
+(pushapp.ingest.lease) stores what they carry: with several workers each message is stored
+once (seed bug 9).
 """
 from __future__ import annotations
 
 import logging
-import os
 import random
-import socket
 import time
 from collections import deque
 from functools import partial
@@ -39,12 +37,15 @@ import orjson
 import redis
 
 from .. import payloads
-from ..ops import metrics
-from ..store.capped import Oversized, capped_client, held_bytes, refuse
 from ..config import Config
-from .inbox import Inbox
-from .routing import Router
+from ..ops import metrics
+from ..sockets import signals
+from ..store.capped import Oversized, capped_client
 from ..store.store import Store
+from .inbox import Inbox
+from .lease import Lease
+from .oversized import held_bytes, refuse
+from .routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +58,6 @@ _LEASE_CHECK = 0.2
 _BATCH = 500
 # Bytes a queued message is counted for beyond its own: Python's objects around it.
 _OVERHEAD = 100
-
-
-def node_name() -> str:
-    """This worker's name among nodes: host, pid and a random tag against pid reuse."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-
-
-def _dead_here(holder: str) -> bool:
-    """Whether ``holder`` names a process of this host that no longer exists."""
-    host, _, rest = holder.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _wait_until(check: Callable[[], bool], deadline: float) -> None:
@@ -121,62 +102,53 @@ class Heard:
         self.handled += len(batch)
 
 
-class Bridge:
+class Listener:
+    """The business channels and this node's signal channel, heard, queued and handled;
+    the business messages stored only while ``lease`` is held."""
+
     def __init__(self, config: Config, store: Store, router: Router) -> None:
         self.config = config
         self.store = store
         self.router = router
         self.node = router.node
-        self.node_channel = config.key("node", self.node)
+        self.node_channel = signals.channel(config, self.node)
+        self.lease = Lease(config, store, self.node)
         self.subscribed = False
         self.hearing = False
-        self._leader_until = 0.0
-        self._yielding = False
         self._running = False
         self._greenlets: list[gevent.Greenlet] = []
         self._heard = Heard(held_bytes(config.max_channel_message_bytes))
-        self._listener = capped_client(config, f"pushapp-listener:{self.node}",
-                                       self.node_channel)
+        self._client = capped_client(config, f"pushapp-listener:{self.node}",
+                                     self.node_channel)
 
     @property
     def leader(self) -> bool:
-        return time.monotonic() < self._leader_until
+        return self.lease.held
 
     def start(self) -> None:
         self._running = True
         inbox = Inbox(self.config, capped_client(self.config, f"pushapp-inbox:{self.node}"),
                       self.node, lambda: self.leader, self.route)
-        self._greenlets = [gevent.spawn(self._keepalive), gevent.spawn(self._listen),
+        self._greenlets = [gevent.spawn(self.lease.keep), gevent.spawn(self._listen),
                            gevent.spawn(self._handle_heard), gevent.spawn(inbox.run)]
 
     def close(self) -> None:
         """Stop, and hand the lease and this node's users over without waiting for TTLs."""
         self._running = False
         gevent.killall(self._greenlets, block=False)
-        try:
-            if self.leader:
-                self.store.drop_lease(self.node)
-            self.store.forget_node(self.node)
-        except redis.RedisError as exc:
-            log.warning("could not release lease/heartbeat on exit: %s", exc)
+        self.lease.release()
 
     def hand_over(self, timeout: float) -> None:
         """Let another worker take the business channels now rather than at the lease's
         TTL: stop renewing the lease, leave the channels, let the handler store whatever
         was heard before Redis confirmed that, then drop the lease. This node's own signal
         channel and heartbeat stay, so its sockets are still served while they are closed."""
-        self._yielding = True
+        self.lease.yielding = True
         deadline = time.monotonic() + timeout
         _wait_until(lambda: not self.hearing, deadline)
         heard = self._heard.added
         _wait_until(lambda: self._heard.handled >= heard, deadline)
-        was_leader, self._leader_until = self.leader, 0.0
-        try:
-            if was_leader and self.store.drop_lease(self.node):
-                log.info("node %s handed the ingest lease over", self.node)
-        except redis.RedisError as exc:
-            log.warning("could not drop the ingest lease (it lapses in %gs): %s",
-                        self.config.lease_ttl, exc)
+        self.lease.hand_over()
 
     def ready(self) -> bool:
         """Subscribed, and channel messages are being taken: by this node if it holds the
@@ -187,38 +159,10 @@ class Bridge:
         # Our own name there means we are taking (or losing) the lease: not heard yet.
         return self.subscribed and holder is not None and holder != self.node
 
-    def _keepalive(self) -> None:
-        ttl = self.config.lease_ttl
-        while self._running:
-            try:
-                self._renew(ttl)
-            except redis.RedisError as exc:
-                self._leader_until = 0.0
-                log.warning("keepalive failed, Redis unreachable: %s", exc)
-            gevent.sleep(ttl / 3)
-
-    def _renew(self, ttl: float) -> None:
-        started = time.monotonic()
-        self.store.heartbeat(self.node, ttl)
-        if self._yielding:
-            return
-        held = self.store.hold_lease(self.node, ttl)
-        if not held:
-            holder = self.store.lease_holder()
-            if holder and _dead_here(holder) and self.store.drop_lease(holder):
-                log.warning("took over the ingest lease of dead worker %s", holder)
-                held = self.store.hold_lease(self.node, ttl)
-        was_leader = self.leader
-        # Count the lease from before the round trip, and stop short of its expiry, so
-        # two workers never both believe they hold it.
-        self._leader_until = started + ttl * 0.8 if held else 0.0
-        if held != was_leader:
-            log.info("node %s %s the ingest lease", self.node, "holds" if held else "lost")
-
     def _listen(self) -> None:
         backoff = 0.1
         while self._running:
-            pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.node_channel)
                 self.subscribed = True
@@ -246,7 +190,7 @@ class Bridge:
         business = (self.config.channel_snschat, self.config.channel_notification)
         self.hearing = False
         while self._running:
-            wanted = self.leader and not self._yielding
+            wanted = self.leader and not self.lease.yielding
             if wanted and not self.hearing:
                 pubsub.subscribe(*business)
                 self.hearing = True
@@ -349,7 +293,7 @@ class Bridge:
     def route(self, channel: str, data: bytes) -> None:
         """Hand a message to the router by the channel it came on (or names, in the inbox)."""
         if channel == self.node_channel:
-            self.router.on_signal(orjson.loads(data))
+            signals.read(orjson.loads(data), self.router.delivery)
         elif channel == self.config.channel_snschat:
             self.router.chat(payloads.parse_object(data, "snschat message"), data)
         elif channel == self.config.channel_notification:

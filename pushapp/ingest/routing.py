@@ -3,7 +3,7 @@ recipient.
 
 The pub/sub listener, ``CHAT_FILTER=direct`` chats and the HTTP API all enter here,
 so a message is handled the same way whichever way it came in. Signals to another worker
-go over that worker's own channel, ``<prefix>node:<node>``.
+go over that worker's own channel (pushapp.sockets.signals builds and reads them).
 """
 from __future__ import annotations
 
@@ -14,17 +14,22 @@ from typing import Any
 import redis
 
 from .. import payloads
-from ..ops import metrics
-from ..store.batching import Collector
 from ..config import Config
 from ..kinds import CHAT, NOTIF
-from ..sockets.delivery import Delivery, Stored
+from ..ops import metrics
+from ..sockets import signals
+from ..sockets.delivery import Delivery
+from ..sockets.signals import Stored
+from ..store.batching import Collector
 from ..store.store import Placement, Store
 
 log = logging.getLogger(__name__)
 
 
 class Router:
+    """The one way a message goes in, whoever sent it: stored, then delivered by this worker
+    or signalled to the worker holding each recipient."""
+
     def __init__(self, config: Config, store: Store, delivery: Delivery) -> None:
         self.config = config
         self.store = store
@@ -81,7 +86,7 @@ class Router:
             if need_store:
                 self._hand_over(node, NOTIF, stored)
             else:
-                self._signal(node, {"k": 0, "u": [s.user for s in stored], "m": raw.decode()})
+                self._signal(node, signals.unstored([s.user for s in stored], raw))
         return dict(zip(users, placements))
 
     def _store_notification(self, users: list[str], raw: bytes) -> list[Placement]:
@@ -110,30 +115,11 @@ class Router:
         which is the same for every user)."""
         if node == self.node:
             self.delivery.deliver_stored(kind, stored)
-        elif kind == CHAT:
-            self._signal(node, {"k": kind, "e": [[s.user, s.id, s.prev, s.raw.decode()]
-                                                 for s in stored]})
         else:
-            self._signal(node, {"k": kind, "m": stored[0].raw.decode(),
-                                "e": [[s.user, s.id, s.prev] for s in stored]})
+            self._signal(node, signals.stored(kind, stored))
 
     def _signal(self, node: str, signal: dict[str, Any]) -> None:
         if node == self.node:
-            self.on_signal(signal)
+            signals.read(signal, self.delivery)
         else:
-            self.store.publish(self.config.key("node", node), payloads.dumps(signal))
-
-    def on_signal(self, signal: dict[str, Any]) -> None:
-        """A signal for this node, from itself or from the node that stored a message."""
-        kind = signal["k"]
-        if kind == "kick":
-            self.delivery.kick(signal["u"], signal["s"], signal["l"])
-        elif kind == 0:
-            self.delivery.deliver_unstored(signal["u"], signal["m"])
-        elif kind == CHAT:
-            self.delivery.deliver_stored(kind, [Stored(user, msg_id, prev, raw.encode())
-                                                for user, msg_id, prev, raw in signal["e"]])
-        else:
-            raw = signal["m"].encode()
-            self.delivery.deliver_stored(kind, [Stored(user, msg_id, prev, raw)
-                                                for user, msg_id, prev in signal["e"]])
+            self.store.publish(signals.channel(self.config, node), payloads.dumps(signal))

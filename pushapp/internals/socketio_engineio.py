@@ -1,6 +1,7 @@
-"""python-engineio's and python-socketio's private parts that pushapp relies on: the
-Engine.IO socket and server (pushapp.wire.transport), python-socketio's message handling
-(pushapp.sockets.events) and client manager (pushapp.wire.manager)."""
+"""python-engineio's, python-socketio's and Flask-SocketIO's private parts that pushapp
+relies on: the Engine.IO socket and server (pushapp.wire.transport), python-socketio's
+message handling (pushapp.sockets.events) and client manager (pushapp.wire.manager), and
+the server Flask-SocketIO builds (pushapp.app adopts it)."""
 from __future__ import annotations
 
 from engineio import exceptions as engineio_exceptions
@@ -8,6 +9,7 @@ from engineio import packet as engineio_packet
 from engineio import payload as engineio_payload
 from engineio.server import Server as EngineServer
 from engineio.socket import Socket as EngineSocket
+from flask_socketio import SocketIO
 from socketio import Manager as SocketManager
 from socketio import Server as SocketServer
 from socketio import packet as socketio_packet
@@ -45,6 +47,10 @@ RELIED_ON: tuple[Reliance, ...] = (
              "a long poll's body read as packets before the upgrade."),
     Reliance(engineio_exceptions, "UnknownPacketError", None, "a bad packet is refused."),
     Reliance(engineio_exceptions, "SocketIsClosedError", None, "a send after the close."),
+    # Flask-SocketIO: it builds python-socketio's server, with no way to pass a class.
+    Reliance(SocketIO, "server", None, "the python-socketio server init_app built, which "
+             "create_app adopts as GatewayServer (and its eio as LeanEngineServer).",
+             instance=True),
     # python-socketio: message handling (pushapp.sockets.events.GatewayServer).
     Reliance(SocketServer, "_handle_eio_message", ("eio_sid", "data"),
              "GatewayServer replaces it (rate limits, acks of nothing, binary refused) and "

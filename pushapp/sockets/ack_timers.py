@@ -17,6 +17,9 @@ from .connections import Conn
 
 
 class AckTimers:
+    """The sockets waiting for acks, each with its resend and push deadlines, and the one
+    ticker that looks at them; it owns those deadlines (``resend_at``, ``push_at``)."""
+
     def __init__(self, ack_timeout: float, push_delay: float,
                  resend: Callable[[list[Conn]], None], push: Callable[[str], None]) -> None:
         self.ack_timeout = ack_timeout

@@ -4,8 +4,10 @@ and by user.
 A leaf: it imports nothing of pushapp, so that delivery, the ack timers and the events all
 take ``Conn`` from here without importing each other. The registry's dicts are read
 directly where a lookup is per message (delivery, events); they change only through
-``open``, ``bind`` and ``close``. What a ``Conn`` holds is written by its owners: the login
-and cursors by delivery, the ack deadlines by the ack timers (pushapp.sockets.ack_timers).
+``open``, ``bind`` and ``close``. What a ``Conn`` holds is written by its owners only: its
+claims when it opens (here), its login, cursors, send flags and unacked counts by
+delivery, its ack deadlines by the ack timers (pushapp.sockets.ack_timers); the events
+read it.
 """
 from __future__ import annotations
 
@@ -21,11 +23,11 @@ class Conn:
                  "busy", "dirty", "unacked_chats", "unacked_notifs", "resend_at", "push_at",
                  "closed")
 
-    def __init__(self, sid: str) -> None:
+    def __init__(self, sid: str, claims: Any = None) -> None:
         self.sid = sid
         self.user: str | None = None
         self.device = ""
-        self.claims: Any = None
+        self.claims: Any = claims
         self.expires: float | None = None
         self.chat_cursor: str | None = None
         self.notif_cursor: str | None = None
@@ -46,9 +48,10 @@ class Connections:
         self.by_sid: dict[str, Conn] = {}
         self.by_user: dict[str, Conn] = {}
 
-    def open(self, sid: str) -> Conn:
-        """A socket connected: its state, not logged in yet."""
-        conn = self.by_sid[sid] = Conn(sid)
+    def open(self, sid: str, claims: Any = None) -> Conn:
+        """A socket connected (with the claims of a token given as it connected): its
+        state, not logged in yet."""
+        conn = self.by_sid[sid] = Conn(sid, claims)
         return conn
 
     def bind(self, conn: Conn) -> None:

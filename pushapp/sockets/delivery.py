@@ -15,37 +15,29 @@ import heapq
 import logging
 import time
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import gevent
 import redis
 import socketio
 
 from .. import payloads
+from ..config import Config
+from ..kinds import CHAT, KEY_OF_FLAG, KEY_OF_LABEL, NOTIF
 from ..ops import logs, metrics
+from ..store.batching import Collector
+from ..store.store import Batch, Entry, Presence, Read, Store, stream_id
+from ..wire.addresses import client_address
+from . import signals
 from .ack_timers import AckTimers
 from .connections import Conn, Connections
-from ..wire.addresses import client_address
-from ..store.batching import Collector
-from ..config import Config
-from ..kinds import CHAT, KEY_OF_FLAG, NOTIF
 from .identity import Identity
-from ..store.store import Batch, Entry, Presence, Read, Store, stream_id
+from .signals import Stored
 
 log = logging.getLogger(__name__)
 
 # Seconds acks and unbinds wait to be sent to Redis with others.
 _TICK = 0.005
-
-
-class Stored(NamedTuple):
-    """A message just stored for ``user``: its id, the newest id the user's stream held
-    before it (None: the stream was empty) and its text."""
-
-    user: str
-    id: str
-    prev: str | None
-    raw: bytes
 
 
 class Delivery:
@@ -67,8 +59,8 @@ class Delivery:
         self._acks = Collector(self._remove_acked, tick=_TICK)
         self._ack_watch = AckTimers(config.ack_timeout, config.push_delay, self._resend, self.push)
 
-    def connect(self, sid: str) -> Conn:
-        return self.connections.open(sid)
+    def connect(self, sid: str, claims: Any = None) -> Conn:
+        return self.connections.open(sid, claims)
 
     def login(self, sid: str, who: Identity, userinfo: bytes, address: str,
               seen: dict[str, str] | None = None) -> None:
@@ -87,7 +79,7 @@ class Delivery:
         try:
             old, read = self.store.login(
                 who.user, Presence(self.node, sid, who.device, _now_ms()), userinfo,
-                {"chat" if kind == "chat" else "notif": mid for kind, mid in (seen or {}).items()},
+                {KEY_OF_LABEL[kind]: mid for kind, mid in (seen or {}).items()},
                 {KEY_OF_FLAG[kind]: None for _, kind in claimed})
         except BaseException:
             self._release(claimed)
@@ -109,8 +101,8 @@ class Delivery:
         if old.node == self.node:
             self.kick(user, old.sid, logout)
         else:
-            self.store.publish(self.config.key("node", old.node),
-                               payloads.dumps({"k": "kick", "u": user, "s": old.sid, "l": logout}))
+            self.store.publish(signals.channel(self.config, old.node),
+                               payloads.dumps(signals.kick(user, old.sid, logout)))
 
     def kick(self, user: str, sid: str, logout: bool) -> None:
         """Close a socket that a newer login of its user replaced (``logout``: another device)."""

@@ -19,20 +19,20 @@ import redis
 import socketio
 
 from .. import payloads
-from ..ops import logs, metrics
 from ..config import Config
 from ..internals import adopt
 from ..internals.socketio_engineio import SocketServer
 from ..internals.socketio_engineio import socketio_packet as packet
-from ..wire.addresses import client_address
 from ..kinds import CHAT, NOTIF
+from ..ops import logs, metrics
+from ..store.store import Placement, Store
+from ..wire.addresses import client_address
+from ..wire.frames import POLICY_VIOLATION
+from ..wire.limits import Limits, Verdict
+from ..wire.transport import LeanSocket
 from .connections import Conn
 from .delivery import Delivery
-from ..wire.frames import POLICY_VIOLATION
 from .identity import AuthError, Authenticator
-from ..wire.limits import Limits, Verdict
-from ..store.store import Placement, Store
-from ..wire.transport import LeanSocket
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ class Events:
                                    sid, address, exc)
                 raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         self.per_address[address] = self.per_address.get(address, 0) + 1
-        self.delivery.connect(sid).claims = claims
+        self.delivery.connect(sid, claims)
         logs.event(log, "connect", sid=sid, address=address)
         metrics.CONNECTIONS.inc()
 

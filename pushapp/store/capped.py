@@ -6,7 +6,7 @@ anyone can look at its size: six 20 MB messages cost a worker hundreds of MB. Th
 listener and the inbox reader use the parser below instead. A bulk string longer than
 ``MAX_CHANNEL_MESSAGE_BYTES`` is read off the socket and thrown away as it arrives, one
 read (64 KiB) at a time, and its place in the reply holds an ``Oversized``: its size and
-first bytes, for the one log line that refuses it (``refuse``).
+first bytes, for the one log line that refuses it (pushapp.ingest.oversized).
 
 This worker's own signal channel is exempt: other workers of the gateway send on it, and
 a signal may be larger than a business message (its recipient list, or an HTTP API
@@ -15,18 +15,14 @@ notification, whose limit is ``API_MAX_BODY_BYTES``).
 from __future__ import annotations
 
 import functools
-import logging
 import socket
 from typing import NamedTuple
 
 import redis
 
-from ..ops import metrics
 from ..config import Config
 from ..internals.redis_parsers import SENTINEL, RESP2Parser, SocketBuffer
 from .store import connect
-
-log = logging.getLogger(__name__)
 
 # Bytes of a refused message kept for its log line.
 _HEAD = 100
@@ -37,20 +33,6 @@ class Oversized(NamedTuple):
 
     size: int
     head: bytes
-
-
-def refuse(source: str, message: Oversized, limit: int) -> None:
-    """Refuse a message over ``MAX_CHANNEL_MESSAGE_BYTES``: one log line with its size and
-    first bytes (never the whole), and a count."""
-    log.warning("refused a message of %d bytes from %s, over MAX_CHANNEL_MESSAGE_BYTES (%d); "
-                "it begins %r", message.size, source, limit, message.head)
-    metrics.ERRORS.labels("channel_message_too_large").inc()
-
-
-def held_bytes(limit: int) -> int:
-    """Bytes of channel messages a worker holds at most while it stores them: 16 of the
-    largest it takes, and never less than 16 MiB, so that a burst of small ones fits."""
-    return max(16 * 2**20, 16 * limit)
 
 
 class _CappedBuffer(SocketBuffer):

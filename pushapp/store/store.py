@@ -30,149 +30,13 @@ from typing import Any, NamedTuple
 import redis
 from gevent.lock import Semaphore
 
-from .batching import Collector
-from ..kinds import KEY_PARTS
 from ..config import Config
+from ..kinds import KEY_PARTS
+from . import scripts
+from .batching import Collector
+from .idempotency_records import IdempotencyRecords
 
 _PRESENCE_FIELDS = ("node", "sid", "device", "since")
-
-# KEYS: per message its user's stream, presence and sent marks. ARGV: maxlen, ttl_ms,
-# archive channel ('' for none), the marks' field (the kind), then one text per message,
-# or a single text for all of them. Per message: appends it, bounded by MAXLEN, makes the
-# stream live ttl_ms more, publishes it on the archive channel and, if the user has a
-# socket, marks it as sent to it. Answers per message {id, the stream's newest id before
-# it or false, the node of the user's socket or false}, or, for a message whose stream key
-# holds another type, that error alone.
-_APPEND = """
-local maxlen, ttl, channel, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local shared = #ARGV == 5
-local out = {}
-for i = 1, #KEYS / 3 do
-  local stream, presence, marks = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local raw = ARGV[shared and 5 or 4 + i]
-  local top = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-  local id = redis.pcall('XADD', stream, 'MAXLEN', maxlen, '*', 'm', raw)
-  if type(id) ~= 'string' then
-    out[i] = id
-  else
-    redis.call('PEXPIRE', stream, ttl)
-    if channel ~= '' then redis.call('PUBLISH', channel, raw) end
-    local node = redis.pcall('HGET', presence, 'node')
-    if type(node) == 'string' then
-      redis.pcall('HSET', marks, kind, id)
-    else
-      node = false
-    end
-    out[i] = {id, top[1] and top[1][1] or false, node}
-  end
-end
-return out
-"""
-
-# Reading pending messages to send: the rows of a stream from ``start`` on, after how many
-# of them were sent before (ids up to the kind's mark in ``marks``); the mark moves past
-# them. A key that is not a stream answers -1 and no rows, and fails only its own read.
-# Only logins, resends and deliveries that could not follow on from what a socket was
-# sent read; a message stored for a socket that has everything before it is not read back.
-_READ_FN = """
-local function before(a, b)
-  local ams, aseq = string.match(a, '(%d+)-(%d+)')
-  local bms, bseq = string.match(b, '(%d+)-(%d+)')
-  ams, bms = tonumber(ams), tonumber(bms)
-  return ams < bms or (ams == bms and tonumber(aseq) <= tonumber(bseq))
-end
-local function read(stream, marks, start, count, kind, ttl)
-  local rows = redis.pcall('XRANGE', stream, start, '+', 'COUNT', count)
-  if rows.err then return {-1, {}} end
-  if #rows == 0 then return {0, rows} end
-  local mark = redis.call('HGET', marks, kind)
-  local seen = 0
-  if mark then
-    for _, row in ipairs(rows) do
-      if before(row[1], mark) then seen = seen + 1 else break end
-    end
-  end
-  if not mark or not before(rows[#rows][1], mark) then
-    redis.call('HSET', marks, kind, rows[#rows][1])
-  end
-  redis.call('PEXPIRE', marks, ttl)
-  return {seen, rows}
-end
-"""
-
-# KEYS: stream/marks pairs. ARGV: count, ttl_ms, start/kind pairs.
-_READ = _READ_FN + """
-local out = {}
-for i = 1, #KEYS / 2 do
-  out[i] = read(KEYS[2 * i - 1], KEYS[2 * i], ARGV[2 * i + 1], ARGV[1], ARGV[2 * i + 2], ARGV[2])
-end
-return out
-"""
-
-# Logins, each in one step. KEYS: per login its user's presence, sent marks, chat stream
-# and notif stream. ARGV: login channel, count, ttl_ms, then per login: node, sid, device,
-# since, userinfo, and per kind (chat, notif) the MINID to trim to and where to read from
-# ('' for no read). Per login: binds the user, publishes the userinfo, drops what the client
-# has seen and what is too old, and answers the presence it replaced and the first
-# batches read (false for a kind not read).
-_LOGIN = _READ_FN + """
-local out = {}
-for i = 1, #KEYS / 4 do
-  local presence, marks = KEYS[4 * i - 3], KEYS[4 * i - 2]
-  local a = 3 + 9 * (i - 1)
-  local old = redis.call('HMGET', presence, 'node', 'sid', 'device', 'since')
-  redis.call('HSET', presence, 'node', ARGV[a + 1], 'sid', ARGV[a + 2],
-             'device', ARGV[a + 3], 'since', ARGV[a + 4])
-  redis.call('PUBLISH', ARGV[1], ARGV[a + 5])
-  -- The marks live STORE_MAX_AGE from the login; the appends only set fields.
-  redis.call('HSET', marks, 'login', ARGV[a + 4])
-  redis.call('PEXPIRE', marks, ARGV[3])
-  local batches = {}
-  for k = 1, 2 do
-    local stream = KEYS[4 * i - 2 + k]
-    redis.pcall('XTRIM', stream, 'MINID', ARGV[a + 4 + 2 * k])
-    local start = ARGV[a + 5 + 2 * k]
-    batches[k] = start ~= '' and read(stream, marks, start, ARGV[2], k == 1 and 'chat' or 'notif',
-                                      ARGV[3]) or false
-  end
-  out[i] = {old, batches}
-end
-return out
-"""
-
-# KEYS: presence per socket. ARGV: sid per socket. Drops each presence that is still that
-# socket's (a newer login may have replaced it).
-_UNBIND = """
-local gone = 0
-for i = 1, #KEYS do
-  if redis.call('HGET', KEYS[i], 'sid') == ARGV[i] then
-    gone = gone + redis.call('DEL', KEYS[i])
-  end
-end
-return gone
-"""
-
-# KEYS: lease. ARGV: node, ttl_ms. Renews the lease this node holds or takes a free one.
-_HOLD_LEASE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS: lease. ARGV: expected holder. Deletes the lease only if it is still that holder's.
-_DROP_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
@@ -231,6 +95,8 @@ Read = tuple[str, str, str | None]
 
 
 class Presence(NamedTuple):
+    """Where a user's socket is: its worker (node), sid and device, and since when (ms)."""
+
     node: str
     sid: str
     device: str
@@ -327,14 +193,22 @@ class Store:
         self.lease_key = config.key("ingest-lease")
         self.totals_key = config.key("stored-totals")
         self.liveness = Liveness(client, self.nodes_key)
-        self._append = client.register_script(_APPEND)
-        self._read = client.register_script(_READ)
-        self._login = client.register_script(_LOGIN)
-        self._unbind = client.register_script(_UNBIND)
-        self._hold_lease = client.register_script(_HOLD_LEASE)
-        self._drop_lease = client.register_script(_DROP_LEASE)
+        self._append = client.register_script(scripts.APPEND)
+        self._read = client.register_script(scripts.READ)
+        self._login = client.register_script(scripts.LOGIN)
+        self._unbind = client.register_script(scripts.UNBIND)
+        self._hold_lease = client.register_script(scripts.HOLD_LEASE)
+        self._drop_lease = client.register_script(scripts.DROP_LEASE)
         self._publishes: Collector[tuple[str, bytes | str], int] = Collector(self._publish_all)
         self._logins = Collector(self._login_all, limit=200)
+
+    def ping(self) -> None:
+        """One round trip to Redis, for a health check; raises RedisError if it fails."""
+        self.redis.ping()
+
+    def idempotency_records(self) -> IdempotencyRecords:
+        """The HTTP API's ``Idempotency-Key`` records, on this store's client."""
+        return IdempotencyRecords(self.config, self.redis)
 
     def key(self, user: str, part: str) -> str:
         """The key of one of ``user``'s things (``chat``, ``notif``, ``on``, ``sent``)."""

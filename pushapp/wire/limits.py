@@ -15,14 +15,16 @@ import time
 from enum import Enum
 from typing import Any
 
+from ..config import Config
 from ..ops import metrics
 from ..ticker import Ticker
-from ..config import Config
 
 log = logging.getLogger(__name__)
 
 
 class Verdict(Enum):
+    """What a limit says of a packet: go on, refuse it, or cut the connection off."""
+
     ALLOW = 0
     LIMIT = 1
     ABUSE = 2

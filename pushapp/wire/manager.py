@@ -15,6 +15,9 @@ from ..internals.socketio_engineio import SocketManager
 
 
 class GatewayManager(SocketManager):
+    """python-socketio's manager with no room per sid: sids are looked up in the
+    namespace's sid table, and a disconnect costs the same whatever the number of sockets."""
+
     def basic_enter_room(self, sid: str, namespace: str, room: Any,
                          eio_sid: str | None = None) -> None:
         if room == sid:

@@ -44,10 +44,10 @@ from urllib.parse import parse_qs
 import gevent
 from gevent.pywsgi import Input
 
+from ..config import Config
 from ..internals import adopt
 from ..internals.gevent_websocket import GeventWebSocketWorker, WebSocket, WebSocketHandler
 from .addresses import client_address, trusted_proxy
-from ..config import Config
 
 if TYPE_CHECKING:
     from .limits import Limits
