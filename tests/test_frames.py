@@ -6,12 +6,16 @@ frames between them, and every way of breaking the protocol."""
 from __future__ import annotations
 
 import os
+import string
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from wsproto.frame_protocol import FrameProtocol
 
-from pushapp.wire.frames import (BINARY, CLOSE, CONTINUATION, PING, TEXT, FrameError, FrameReader,
-                            close_frame, frame)
+from pushapp.wire.frames import (BINARY, CLOSE, CONTINUATION, PING, TEXT, FrameError,
+                                 FrameReader, close_frame, frame)
 
 
 def masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
@@ -75,3 +79,52 @@ def test_frames_out():
     assert frame(BINARY, bytes(200))[:4] == b"\x82\x7e\x00\xc8"
     assert frame(TEXT, bytes(70_000))[:2] == b"\x81\x7f"
     assert close_frame(1013, "full") == bytes((0x80 | CLOSE, 6)) + b"\x03\xf5full"
+
+
+# Checked against wsproto (installed with simple-websocket): its client's frames, fragments
+# and pings, cut into random pieces, read as wsproto meant them; and our frames out, read
+# by its client as we meant them.
+_messages = st.lists(st.one_of(st.text(max_size=300), st.binary(max_size=70_000)),
+                     min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(messages=_messages, data=st.data())
+def test_wsproto_client_frames_read_back_whole(messages, data):
+    client = FrameProtocol(client=True, extensions=[])
+    stream = b""
+    for message in messages:
+        cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(message) - 1)), max_size=3)))
+        pieces = [message[a:b] for a, b in zip([0, *cuts], [*cuts, len(message)])]
+        for at, piece in enumerate(pieces):
+            if data.draw(st.booleans()):
+                stream += client.ping(b"p")
+            stream += client.send_data(piece, fin=at == len(pieces) - 1)
+    reader = FrameReader(limit=1 << 20)
+    got = []
+    at = 0
+    while at < len(stream):
+        step = data.draw(st.integers(1, 5000))
+        got += reader.feed(stream[at:at + step])
+        at += step
+    assert [payload for opcode, payload in got if opcode != PING] == messages
+
+
+@settings(max_examples=60, deadline=None)
+@given(messages=st.lists(st.tuples(st.sampled_from([TEXT, BINARY, PING]),
+                                   st.binary(max_size=70_000)), min_size=1, max_size=5),
+       reason=st.text(alphabet=string.ascii_letters + " .:", max_size=123))
+def test_our_frames_read_by_wsproto(messages, reason):
+    messages = [(opcode, payload[:125] if opcode == PING else payload)
+                for opcode, payload in messages]
+    client = FrameProtocol(client=True, extensions=[])
+    client.receive_bytes(b"".join(
+        frame(opcode, payload.decode("latin-1").encode() if opcode == TEXT else payload)
+        for opcode, payload in messages) + close_frame(1000, reason))
+    got = list(client.received_frames())
+    assert [parsed.opcode.value for parsed in got] == [opcode for opcode, _ in messages] + [CLOSE]
+    for (opcode, payload), parsed in zip(messages, got):
+        expected = payload.decode("latin-1") if opcode == TEXT else payload
+        assert parsed.payload == expected and parsed.message_finished
+    code, said = got[-1].payload
+    assert code == 1000 and said == reason

@@ -211,7 +211,7 @@ def test_invalid_payload_gets_an_error_ack_or_an_error_event(js, user):
     assert client.call("hb") == [1]
 
 
-def test_long_polling_transport_works(gateway, js, user):
+def test_long_polling_transport_works_for_the_js_client(gateway, js, user):
     client = js("polling")
     assert client.connected["transport"] == "polling"
     assert client.login(user) == [1]

@@ -166,6 +166,16 @@ def test_base_imports_only_base() -> None:
     assert not problems, "a BASE module imports above it:\n" + "\n".join(problems)
 
 
+def test_the_store_counts_and_logs_nothing_of_ours() -> None:
+    """The store answers or raises; counting and logging what it answers is its callers'
+    business, so it stays below ops as well."""
+    edges = graph(modules())
+    problems = [f"{name}:{line} imports {target}" for name, targets in edges.items()
+                if layer_of(name) == "store"
+                for target, line in targets if target.startswith("pushapp.ops.")]
+    assert not problems, "the store imports ops:\n" + "\n".join(problems)
+
+
 @pytest.mark.parametrize("source, target", [
     ("pushapp.store.store", "pushapp.sockets.delivery"),  # store above its callers
     ("pushapp.wire.transport", "pushapp.sockets.events"),  # wire knowing the chat
