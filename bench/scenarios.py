@@ -373,6 +373,7 @@ class Run:
         the gateway's ack, the filter's round trip, the store, the delivery and its ack."""
         s = self.settings
         starters = users[:2 * s.pingpong_pairs:2]
+        self.redis.config_resetstat()
         sent, snap, span, out = self.deliveries(
             "pingpong", "chat", lambda: self.loadgen.pingpong(starters, s.pingpong_s), 1,
             stall_s=s.stall_s)
@@ -387,8 +388,19 @@ class Run:
             "p50_ms": percentile(snap["lat"]["chat"], 0.5),
             "p99_ms": percentile(snap["lat"]["chat"], 0.99),
             "worker_us_per_chat": out.get("worker_us_per_op"),
-            "redis_us_per_chat": out.get("redis_us_per_op"), "cpu": out,
+            "redis_us_per_chat": out.get("redis_us_per_op"),
+            "redis_commands_us_per_chat": self._commands_per(delivered), "cpu": out,
         })
+
+    def _commands_per(self, count: int) -> dict[str, float]:
+        """Redis's time in each command since the last CONFIG RESETSTAT (INFO
+        commandstats), in µs per ``count``, the costliest first; a script's time includes
+        the commands it calls, which are listed too."""
+        stats = self.redis.info("commandstats")
+        spent = {name.removeprefix("cmdstat_"): row["usec"] / max(count, 1)
+                 for name, row in stats.items()}
+        return {name: round(us, 2) for name, us in
+                sorted(spent.items(), key=lambda item: -item[1]) if us >= 0.05}
 
     def disconnect(self, count: int, name: str = "disconnect") -> dict:
         """Every client drops at once: time and worker CPU until the gateway has closed
@@ -413,9 +425,13 @@ class Run:
             "left_open": self.open_sockets(), "cpu": out,
         })
 
-    def _bound(self) -> int:
-        """Users pushapp still lists as online (0 for the baseline, which keeps none)."""
-        return self.redis.hlen("pushapp:online") if self.target == "pushapp" else 0
+    def _bound(self) -> bool:
+        """Whether pushapp still lists a user as online (the baseline keeps none): a
+        presence key ``pushapp:{<user>}:on`` is left."""
+        if self.target != "pushapp":
+            return False
+        return next(self.redis.scan_iter(match="pushapp:{*}:on", count=1000, _type="hash"),
+                    None) is not None
 
     def memory_return(self) -> dict:
         """After every client left: how much of the RSS growth (to the highest reading of

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -180,3 +181,37 @@ def test_every_waiting_socket_gets_its_resend(eager):
     finally:
         for raw in clients:
             raw.close()
+
+
+def test_chats_stored_at_once_from_every_way_in_arrive_once_each_in_order(start_gateway):
+    """Chats for one user stored at the same time by the listener (``snschat``) and by
+    HTTP API requests that land on both workers: the socket gets each exactly once, in the
+    order stored, whether it is sent as it was stored, handed over from the other worker,
+    or read back because its hand-over lost a race with a read."""
+    gateway = start_gateway(WORKERS=2, TRANSPORTS="websocket")
+    user, count = uid(), 150
+    client = gateway.client()
+    try:
+        client.login(user)
+        gateway.publish("snschat", {"from": "a", "to": user, "n": "first"})
+
+        def post(n: int) -> int:
+            return gateway.api("POST", "/chats", json={"to": user, "n": f"api-{n}"}).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            posted = pool.map(post, range(count))
+            with gateway.redis.pipeline(transaction=False) as pipe:
+                for n in range(count):
+                    pipe.publish("snschat", json.dumps({"from": "a", "to": user, "n": f"ch-{n}"}))
+                assert pipe.execute() == [1] * count
+            assert set(posted) == {200}
+        messages = client.expect_chats(2 * count + 1, timeout=30)
+        mids = [message["mid"] for message in messages]
+        assert len(set(mids)) == len(mids) == 2 * count + 1
+        assert mids == sorted(mids, key=lambda mid: tuple(map(int, mid.split("-"))))
+        assert sorted(message["n"] for message in messages) == sorted(
+            ["first", *(f"api-{n}" for n in range(count)), *(f"ch-{n}" for n in range(count))])
+        client.quiet("chat", 1.0)
+        wait_for(lambda: not gateway.pending("chat", user), what="every chat acked")
+    finally:
+        client.close()
