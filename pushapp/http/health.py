@@ -12,6 +12,7 @@ from .openapi import CATALOG, TEXT
 from .schemas import Ready
 
 log = logging.getLogger(__name__)
+# Named "web" as before the move: the name is in the OpenAPI operationIds (web_ready, …).
 bp = Blueprint("web", __name__)
 
 
