@@ -128,7 +128,7 @@ class Listener:
     def start(self) -> None:
         self._running = True
         inbox = Inbox(self.config, capped_client(self.config, f"pushapp-inbox:{self.node}"),
-                      self.node, lambda: self.leader, self.route)
+                      self.node, lambda: self.lease.held, self.route)
         self._greenlets = [gevent.spawn(self.lease.keep), gevent.spawn(self._listen),
                            gevent.spawn(self._handle_heard), gevent.spawn(inbox.run)]
 
@@ -221,7 +221,7 @@ class Listener:
         lease holder (a worker that has just lost the lease may still hear some before it
         unsubscribes), and refused if it is over ``MAX_CHANNEL_MESSAGE_BYTES``."""
         if channel != self.node_channel:
-            if not self.leader:
+            if not self.lease.held:
                 return
             if isinstance(data, Oversized):
                 refuse(channel, data, self.config.max_channel_message_bytes)

@@ -1,12 +1,12 @@
 """Every private part of pushapp's libraries that pushapp relies on, in one place.
 
 pushapp subclasses classes of python-engineio, python-socketio, gevent-websocket and
-redis-py and overrides or calls methods they document nowhere, because the public API
+redis-py (and adopts the server Flask-SocketIO builds) and overrides or calls methods they document nowhere, because the public API
 costs too much per connection or per message (see each module's docstring for the
 measure). Such a dependency breaks silently on an upgrade; listed here, it breaks
-loudly: pushapp takes these classes and modules from this module only, and
-tests/test_internals.py checks, against the installed (pinned) versions, that every name
-in ``RELIED_ON`` still exists with the parameters pushapp calls or overrides it with.
+loudly: pushapp takes these classes and modules from this package only (a test holds
+that), and tests/test_internals.py checks, against the installed (pinned) versions, that
+every name in each module's ``RELIED_ON`` still exists with the parameters pushapp calls or overrides it with.
 
 One module per library group, each importing only its own library: gunicorn's master
 imports the worker class (pushapp.wire.worker, which needs gevent_websocket) before its
@@ -16,11 +16,15 @@ pushapp, so that each layer may use it: the wire (Engine.IO socket and server, t
 gevent-websocket handler and worker, the Socket.IO manager), the sockets (python-socketio's
 message handling) and the store (redis-py's parser, under the capped pub/sub client).
 
-- ``socketio_engineio``: python-engineio and python-socketio.
+- ``socketio_engineio``: python-engineio, python-socketio, Flask-SocketIO's server.
 - ``gevent_websocket``: gevent-websocket's handler, websocket and gunicorn worker.
 - ``redis_parsers``: redis-py's RESP2 parser and socket buffer.
 
-When a test here fails after an upgrade: read the library's change for the named method,
+Where a library offers no way to pass pushapp's class (Flask-SocketIO the Socket.IO server,
+python-socketio the Engine.IO server, python-engineio each socket, gevent-websocket each
+websocket), ``adopt`` swaps the instance's class, here and nowhere else.
+
+When a test there fails after an upgrade: read the library's change for the named method,
 adapt the pushapp module that ``why`` names, then the entry here.
 """
 from __future__ import annotations
