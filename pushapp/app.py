@@ -22,7 +22,8 @@ from .sockets.connections import Connections
 from .sockets.delivery import Delivery
 from .sockets.events import GatewayServer, Events
 from .store import migration
-from .store.store import Store, connect
+from .store.redis_url import connect
+from .store.store import Store
 from .wire.limits import Limits
 from .wire.manager import GatewayManager
 from .wire.transport import LeanEngineServer

@@ -65,7 +65,7 @@ def upgrade_keys(args: list[str]) -> int:
     import redis
 
     from .store import migration
-    from .store.store import connect
+    from .store.redis_url import connect
 
     logging.basicConfig(level=logging.INFO, format="pushapp: %(message)s")
     try:

@@ -25,10 +25,12 @@ try:
 except ConfigError as exc:
     # One line per problem and no traceback: nothing would be gained by starting workers.
     sys.exit("\n".join(f"pushapp: {problem}" for problem in exc.problems))
-if _config.redis_url and parse_redis_url(_config.redis_url).kind != "single":
-    # pushapp.store.redis_url connects to them; the store's scripts still need one server.
-    sys.exit("pushapp: REDIS_URL names a Redis Cluster or Sentinel: the gateway does not "
-             "run on them yet, only on one Redis server (docs/deployment.md)")
+if _config.redis_url and parse_redis_url(_config.redis_url).kind == "cluster":
+    # pushapp.store.redis_url connects to one; the store's scripts still batch the keys of
+    # several users, which a cluster refuses.
+    sys.exit("pushapp: REDIS_URL names a Redis Cluster: the gateway does not run on one "
+             "yet, only on one Redis server or a Sentinel-managed master "
+             "(docs/deployment.md)")
 _embedded = None
 _metrics_temp = None
 

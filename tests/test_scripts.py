@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from pushapp.config import Config
-from pushapp.store.store import Presence, Store, connect, user_key
+from pushapp.store.redis_url import connect
+from pushapp.store.store import Presence, Store, user_key
 from support import uid
 
 

@@ -22,7 +22,7 @@ import redis
 
 from ..config import Config
 from ..internals.redis_parsers import SENTINEL, RESP2Parser, SocketBuffer
-from .store import connect
+from .redis_url import connect
 
 # Bytes of a refused message kept for its log line.
 _HEAD = 100

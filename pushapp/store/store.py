@@ -25,7 +25,7 @@ import itertools
 import re
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import redis
 from gevent.lock import Semaphore
@@ -149,20 +149,6 @@ class Liveness:
                     self.refresh()
             expiry = self._expiries.get(node)
         return expiry is not None and expiry >= time.time() * 1000
-
-
-def connect(config: Config, size: int | None = None, **options: Any) -> redis.Redis:
-    """A client with a bounded pool (``REDIS_MAX_CONNECTIONS``, or ``size``) that waits for
-    a free connection instead of failing (redis-py's default pool raises once 100
-    connections are busy); ``options`` go to each connection."""
-    pool = redis.BlockingConnectionPool.from_url(
-        config.redis_url,
-        max_connections=size or config.redis_max_connections,
-        timeout=config.redis_pool_timeout,
-        health_check_interval=30,
-        **options,
-    )
-    return redis.Redis(connection_pool=pool)
 
 
 def _text(value: bytes | str) -> str:

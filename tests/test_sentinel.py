@@ -1,0 +1,69 @@
+"""pushapp on Redis Sentinel: with ``REDIS_URL=redis+sentinel://…/MASTER`` the gateway
+stores on the master the sentinels name and follows it through a failover, on a real
+master, replica and three sentinels (tests/redis_servers.py)."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import redis
+import requests
+
+from redis_servers import HOST, Sentinels, redis_binary
+from support import Gateway, uid, wait_for
+
+pytestmark = pytest.mark.fault
+
+
+def _ready(gateway: Gateway) -> bool:
+    try:
+        return requests.get(gateway.url + "/health/ready", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_the_gateway_follows_the_master_through_a_failover(tmp_path_factory):
+    group = Sentinels(tmp_path_factory.mktemp("sentinel"), redis_binary()).start()
+    # The test's own client, as a business server's: the master of the moment.
+    master = SimpleNamespace(url=f"redis://{HOST}:{group.master.port}/0")
+    gateway = Gateway(master, tmp_path_factory.mktemp("sentinel") / "gunicorn.log",
+                      REDIS_URL=group.url)
+    client = None
+    try:
+        gateway.start()
+        user, away = uid(), uid()
+        client = gateway.client()
+        client.login(user)
+        gateway.publish("notification", {"toWho": [user], "needStore": True, "n": 1})
+        assert json.loads(client.expect("notification"))["n"] == 1
+        answer = gateway.api("POST", "/notifications",
+                             json={"toWho": [away], "needStore": True, "n": 2})
+        assert answer.status_code == 200 and answer.json()["stored"] == 1
+        # Redis replicates asynchronously (docs/deployment.md): wait for the replica to
+        # have it before the master goes.
+        assert gateway.redis.wait(1, 5000) == 1
+
+        group.master.kill()
+        wait_for(lambda: not _ready(gateway), timeout=10,
+                 what="the gateway to say it is not ready while the master is gone")
+        promoted = group.replica
+        wait_for(lambda: promoted.info("replication")["role"] == "master", timeout=30,
+                 what="the sentinels to promote the replica")
+        gateway.redis = redis.Redis(HOST, promoted.port)
+        wait_for(lambda: _ready(gateway), timeout=30, what="the gateway ready on the new master")
+
+        # The listener subscribed again, on the new master; the socket stayed connected.
+        gateway.publish("notification", {"toWho": [user], "needStore": True, "n": 3})
+        assert json.loads(client.expect("notification", timeout=15))["n"] == 3
+        later = gateway.client()
+        later.login(away)
+        assert json.loads(later.expect("notification"))["n"] == 2
+        later.close()
+        gateway.assert_unharmed()
+    finally:
+        if client is not None:
+            client.close()
+        gateway.terminate()
+        gateway.wait()
+        group.stop()
