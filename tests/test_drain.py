@@ -233,8 +233,8 @@ def _finish(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 def test_a_stopping_worker_says_so_and_turns_new_sessions_away(start_gateway):
     """Readiness fails at once; a request that reaches the worker while it stops (one under
-    way, as a proxy's may be) to open a session gets 503, not a session that is then
-    dropped, and its connection is closed; an idle kept-alive connection is closed at
+    way, as a proxy's may be) to open a session, or of a session it does not hold, gets
+    503, not a session that is then dropped, and its connection is closed; an idle kept-alive connection is closed at
     once; a client connected before keeps being served until its goodbye."""
     gateway = start_gateway(DRAIN_WINDOW=4)
     clients = [gateway.client() for _ in range(40)]
@@ -244,14 +244,17 @@ def test_a_stopping_worker_says_so_and_turns_new_sessions_away(start_gateway):
     assert idle.getresponse().read() == b"OK"
     readiness = _begun(gateway.port, "/health/ready")
     handshake = _begun(gateway.port, "/socket.io/?EIO=4&transport=polling")
+    # A session the worker replacing this one opened, reaching this one.
+    foreign = _begun(gateway.port, "/socket.io/?EIO=4&transport=polling&sid=elsewhere")
     time.sleep(0.2)
     os.kill(gateway.worker_pid(), signal.SIGTERM)
     time.sleep(0.2)
     status, headers, body = _finish(readiness)
     assert (status, json.loads(body)["reason"]) == (503, "draining: this worker is stopping")
-    status, headers, body = _finish(handshake)
-    assert (status, headers["retry-after"], headers["connection"]) == (503, "1", "close")
-    assert body == b"this worker is stopping; connect again"
+    for turned_away in (handshake, foreign):
+        status, headers, body = _finish(turned_away)
+        assert (status, headers["retry-after"], headers["connection"]) == (503, "1", "close")
+        assert body == b"this worker is stopping; connect again"
     assert idle.sock.recv(1) == b"", "the idle kept-alive connection is still open"
     closed = sum(not client.sio.connected for client in clients)
     assert closed < len(clients) / 2, "the clients were not closed over the window"
@@ -260,7 +263,7 @@ def test_a_stopping_worker_says_so_and_turns_new_sessions_away(start_gateway):
     assert all(client.expect("disconnect") is None for client in clients)
     for client in clients:
         client.close()
-    for sock in (readiness, handshake):
+    for sock in (readiness, handshake, foreign):
         sock.close()
     idle.close()
 

@@ -27,7 +27,8 @@ pushapp.wire.frames bounds the rest.
 
 A worker stops gracefully on SIGTERM (gunicorn's stop, and its graceful reload on SIGHUP)
 and after ``max_requests`` HTTP requests (gunicorn's setting, which gevent's server
-otherwise ignores): its HTTP server turns new Engine.IO sessions away with 503, and the
+otherwise ignores): its HTTP server turns new Engine.IO sessions (and requests of a
+session another worker holds) away with 503, and the
 gateway drains its clients (pushapp.drain) before the process exits.
 
 Nothing here may import pushapp.ops.metrics: gunicorn's master imports this module before it
@@ -38,7 +39,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Container, Iterable
 from urllib.parse import parse_qs
 
 import gevent
@@ -77,10 +78,15 @@ def _bounded(read: Callable[[int], bytes], limit: int) -> Callable[[int], bytes]
     return read_frame_payload
 
 
-def _new_session(environ: dict) -> bool:
-    """Whether a request opens an Engine.IO session (its first request has no sid)."""
-    return (environ.get("PATH_INFO", "").startswith("/socket.io")
-            and "sid" not in parse_qs(environ.get("QUERY_STRING", "")))
+def _not_ours(environ: dict, sessions: Container[str]) -> bool:
+    """Whether a request opens an Engine.IO session (its first request has no sid), or
+    names one this worker does not hold: while gunicorn replaces a worker, the old and the
+    new one both accept, and a client whose session the new one opened may reach the old
+    one with its next request or its websocket upgrade."""
+    if not environ.get("PATH_INFO", "").startswith("/socket.io"):
+        return False
+    sid = parse_qs(environ.get("QUERY_STRING", "")).get("sid")
+    return not sid or sid[0] not in sessions
 
 
 def _closing(start_response: Callable[..., Any]) -> Callable[..., Any]:
@@ -125,9 +131,10 @@ class QuietWebSocket(WebSocket):
 class BoundedWebSocketHandler(WebSocketHandler):
     """Each HTTP connection, websocket handshakes included: its request heads timed and
     counted per address, each request counted for ``max_requests``, turned away if it
-    opens a session while the worker stops (and its connection closed after the answer
-    then), refused unread if its body is too large, and bounded in frame size if it
-    becomes a websocket. ``worker`` and ``limits`` are set in each worker process."""
+    opens a session, or names one this worker does not hold, while the worker stops (and
+    its connection closed after the answer then), refused unread if its body is too large, and bounded in frame size if it
+    becomes a websocket. ``worker``, ``limits`` and ``sessions`` are set in each worker
+    process."""
 
     _config = Config.from_env()
     max_frame_bytes = _config.max_frame_bytes
@@ -135,6 +142,8 @@ class BoundedWebSocketHandler(WebSocketHandler):
     trusted = _config.forwarded_allow_ips
     worker: "GatewayWorker | None" = None
     limits: "Limits | None" = None
+    # The Engine.IO sessions this worker holds, by sid.
+    sessions: Container[str] = frozenset()
     _timer: gevent.Timeout | None = None
     _counted: str | None = None
 
@@ -217,7 +226,7 @@ class BoundedWebSocketHandler(WebSocketHandler):
             worker.count_request()
             if not worker.alive:
                 self.start_response = _closing(self.start_response)
-                if _new_session(self.environ):
+                if _not_ours(self.environ, self.sessions):
                     self.result = _turned_away(self.environ, self.start_response)
                     self.process_result()
                     return None
@@ -280,6 +289,7 @@ class GatewayWorker(GeventWebSocketWorker):
         gateway = self._gateway()
         if gateway is not None:
             BoundedWebSocketHandler.limits = gateway.limits
+            BoundedWebSocketHandler.sessions = gateway.socketio.server.eio.sockets
 
     def count_request(self) -> None:
         """gunicorn's ``max_requests``: a worker that served that many requests drains and
