@@ -42,6 +42,7 @@ from ..ops import metrics
 from ..sockets import signals
 from ..store.capped import Oversized, capped_client
 from ..store.store import Store
+from ..store.subscription import Subscription
 from .inbox import Inbox
 from .lease import Lease
 from .oversized import held_bytes, refuse
@@ -162,25 +163,25 @@ class Listener:
     def _listen(self) -> None:
         backoff = 0.1
         while self._running:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            subscription = Subscription(self._client)
             try:
-                pubsub.subscribe(self.node_channel)
+                subscription.subscribe(self.node_channel)
                 self.subscribed = True
                 metrics.LISTENER.set(1)
                 log.info("listener subscribed to %s", self.node_channel)
                 backoff = 0.1
-                self._serve(pubsub)
+                self._serve(subscription)
             except (redis.RedisError, OSError) as exc:
                 log.warning("listener lost Redis (%s); reconnecting in %.1fs", exc, backoff)
                 metrics.LISTENER_RECONNECTS.inc()
             finally:
                 self.subscribed = self.hearing = False
                 metrics.LISTENER.set(0)
-                pubsub.close()
+                subscription.close()
             gevent.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
-    def _serve(self, pubsub: redis.client.PubSub) -> None:
+    def _serve(self, subscription: Subscription) -> None:
         """Read messages as they come; hear the business channels exactly while holding
         the lease.
 
@@ -192,27 +193,24 @@ class Listener:
         while self._running:
             wanted = self.leader and not self.lease.yielding
             if wanted and not self.hearing:
-                pubsub.subscribe(*business)
+                subscription.subscribe(*business)
                 self.hearing = True
                 log.info("listener subscribed to %s", ", ".join(business))
             elif self.hearing and not wanted:
-                if not any(channel.encode() in pubsub.channels for channel in business):
+                if not subscription.joined(business):
                     # Redis has confirmed: nothing more can come on them.
                     self.hearing = False
                     log.info("listener left %s", ", ".join(business))
-                elif not pubsub.pending_unsubscribe_channels:
-                    pubsub.unsubscribe(*business)
-            pubsub.check_health()  # a PING now and then, as get_message does
-            connection = pubsub.connection
-            if not connection.can_read(timeout=_LEASE_CHECK):
+                elif not subscription.leaving():
+                    subscription.unsubscribe(*business)
+            subscription.ping_if_due()
+            if not subscription.readable(_LEASE_CHECK):
                 continue
-            # A message once begun is read to its end, however long Redis takes to send
-            # it: a timeout in the middle would leave the connection unusable.
             for _ in range(_BATCH):
-                message = pubsub.get_message(timeout=None)
+                message = subscription.next()
                 if message is not None:
-                    self._take(message["channel"].decode(), message["data"])
-                if not connection.can_read(timeout=0):
+                    self._take(*message)
+                if not subscription.readable(0):
                     break
             gevent.sleep(0)  # the handler's and the sockets' turn
 

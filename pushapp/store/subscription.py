@@ -1,0 +1,56 @@
+"""The listener's pub/sub connection: what it asks of Redis's pub/sub, and nothing else.
+
+The store makes it (over a client of pushapp.store.capped, which never holds a message
+larger than ``MAX_CHANNEL_MESSAGE_BYTES``), so that every call to Redis goes through the
+store; pushapp.ingest.listener decides what to subscribe to and when, and reads.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import redis
+
+from .capped import Oversized
+
+
+class Subscription:
+    """One pub/sub connection: channels joined and left, and messages read as they come.
+    Subscribe and unsubscribe confirmations are not messages here."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+
+    def subscribe(self, *channels: str) -> None:
+        self._pubsub.subscribe(*channels)
+
+    def unsubscribe(self, *channels: str) -> None:
+        self._pubsub.unsubscribe(*channels)
+
+    def joined(self, channels: Iterable[str]) -> bool:
+        """Whether Redis has not yet confirmed leaving any of ``channels``."""
+        return any(channel.encode() in self._pubsub.channels for channel in channels)
+
+    def leaving(self) -> bool:
+        """Whether an unsubscribe waits for Redis's confirmation."""
+        return bool(self._pubsub.pending_unsubscribe_channels)
+
+    def ping_if_due(self) -> None:
+        """A PING now and then, as redis-py's ``get_message`` sends them, so that a dead
+        connection is noticed."""
+        self._pubsub.check_health()
+
+    def readable(self, timeout: float) -> bool:
+        """Whether a message (or the start of one) is there within ``timeout`` seconds."""
+        return self._pubsub.connection.can_read(timeout=timeout)
+
+    def next(self) -> tuple[str, bytes | Oversized] | None:
+        """The next message, read to its end however long Redis takes to send it (a
+        timeout in the middle would leave the connection unusable): its channel and its
+        data; None for a confirmation."""
+        message = self._pubsub.get_message(timeout=None)
+        if message is None:
+            return None
+        return message["channel"].decode(), message["data"]
+
+    def close(self) -> None:
+        self._pubsub.close()
