@@ -97,3 +97,12 @@ def test_a_changed_name_would_fail() -> None:
     gone = Reliance(socketio_engineio.SocketServer, "_no_such_method", (), "test")
     with pytest.raises(AssertionError, match="gone"):
         test_each_relied_on_name_is_there(gone)
+
+
+def test_internals_md_lists_exactly_what_is_relied_on() -> None:
+    """pushapp/internals/INTERNALS.md, the list a reader looks at, row for row the
+    ``RELIED_ON`` the tests above check: each name with what pushapp does with it."""
+    rows = re.findall(r"^\| `([^`]+)` \| [^|]+ \| (.+) \|$",
+                      (ROOT / "pushapp" / "internals" / "INTERNALS.md").read_text(), re.M)
+    listed = [(name, why.replace("\\|", "|")) for name, why in rows]
+    assert listed == [(_label(reliance), reliance.why) for reliance in RELIED_ON]

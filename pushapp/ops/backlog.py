@@ -1,7 +1,7 @@
 """The stored-message backlog, for Prometheus: counted by one worker, read by every scrape.
 
-The backlog is counted by walking every stream in Redis, which costs Redis about 100 ms per
-10,000 users with stored messages. Not at each scrape, then: the ingest lease holder counts
+The backlog is counted by walking every stream in Redis, a cost that grows with the users
+who have stored messages (docs/benchmarks.md). Not at each scrape, then: the ingest lease holder counts
 in the background (``BacklogCount``) and saves the totals in Redis, and a scrape on any
 worker reads them, one command whatever the number of users. The figure is as old as the
 last count, which the scrape tells too. Counters kept exact as messages are stored, trimmed

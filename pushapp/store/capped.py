@@ -2,7 +2,8 @@
 
 A business server may PUBLISH (or add to the inbox stream) anything Redis accepts, up to
 512 MB a message. redis-py reads a reply whole, and copies it twice on the way, before
-anyone can look at its size: six 20 MB messages cost a worker hundreds of MB. The pub/sub
+anyone can look at its size: a few large messages cost a worker several times their size
+(docs/benchmarks.md). The pub/sub
 listener and the inbox reader use the parser below instead. A bulk string longer than
 ``MAX_CHANNEL_MESSAGE_BYTES`` is read off the socket and thrown away as it arrives, one
 read (64 KiB) at a time, and its place in the reply holds an ``Oversized``: its size and

@@ -320,9 +320,9 @@ class Store:
 
     def backlog(self) -> dict[str, int]:
         """Stored messages of each kind, all users together. It walks every stream (SCAN,
-        then XLEN a thousand at a time): about 100 ms per 10,000 users with stored
-        messages, so it runs in the background (pushapp.ops.backlog.BacklogCount), never for a
-        request or a scrape."""
+        then XLEN a thousand at a time), a cost that grows with the users who have stored
+        messages, so it runs in the background (pushapp.ops.backlog.BacklogCount), never
+        for a request or a scrape."""
         totals = dict.fromkeys(KEY_PARTS, 0)
         for kind in KEY_PARTS:
             keys = self._scan_users(kind, "stream")
