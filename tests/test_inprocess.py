@@ -1,0 +1,152 @@
+"""The router and the batching collector on their own, in this process: the router over a
+real ``Store`` on a real Redis, handing over to a recorder in place of this worker's
+delivery (what a signal to another worker carries is read off Redis, as that worker would);
+the collector with greenlets and no gateway around either."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import gevent
+import orjson
+import pytest
+import redis
+
+from pushapp.config import Config
+from pushapp.ingest.routing import Router
+from pushapp.kinds import Kind
+from pushapp.sockets import signals
+from pushapp.store.batching import Collector
+from pushapp.store.redis_url import connect
+from pushapp.store.store import Presence, Store
+from support import uid, wait_for
+
+HERE, THERE = "node-here", "node-there"
+
+
+class Recorder:
+    """This worker's delivery, as the router sees it: what it was handed."""
+
+    node = HERE
+
+    def __init__(self) -> None:
+        self.by_user: dict[str, object] = {}
+        self.stored: list[tuple[int, list[signals.Stored]]] = []
+        self.unstored: list[tuple[list[str], str]] = []
+        self.pushed: list[str] = []
+
+    def deliver_stored(self, kind: int, stored: list[signals.Stored]) -> None:
+        self.stored.append((kind, stored))
+
+    def deliver_unstored(self, users: list[str], raw: str) -> None:
+        self.unstored.append((users, raw))
+
+    def kick(self, user: str, sid: str, logout: bool) -> None:
+        raise AssertionError("no kick expected")
+
+    def push(self, user: str) -> None:
+        self.pushed.append(user)
+
+
+@pytest.fixture(scope="module")
+def config(start_redis) -> Config:
+    server = start_redis()
+    return Config.from_env({"AUTH_MODE": "insecure", "REDIS_URL": server.url,
+                            "KEY_PREFIX": f"unit{uid()}:"})
+
+
+@pytest.fixture
+def store(config: Config) -> Iterator[Store]:
+    client = connect(config)
+    store = Store(config, client)
+    for node in (HERE, THERE):
+        store.heartbeat(node, 60)
+    yield store
+    client.connection_pool.disconnect()
+
+
+def _online(store: Store, user: str, node: str) -> None:
+    store.login(user, Presence(node, uid("sid"), "d", int(time.time() * 1000)), b"{}", {}, {})
+
+
+def _listen(config: Config, store: Store, node: str) -> redis.client.PubSub:
+    """A subscriber to ``node``'s signals, as that node's listener."""
+    channel = signals.channel(config, node)
+    listener = store.redis.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(channel)
+    wait_for(lambda: store.redis.pubsub_numsub(channel)[0][1] == 1, what="the subscription")
+    return listener
+
+
+def test_chats_are_stored_and_handed_to_the_node_of_each_recipient(config, store):
+    here, there, away = uid(), uid(), uid()
+    _online(store, here, HERE)
+    _online(store, there, THERE)
+    delivery, elsewhere = Recorder(), _listen(config, store, THERE)
+    router = Router(config, store, delivery)
+    chats = [(user, orjson.dumps({"to": user, "n": n}))
+             for n, user in enumerate([here, there, away, here])]
+    placements = router.chats(chats)
+
+    assert [p.node for p in placements] == [HERE, THERE, None, HERE]
+    [(kind, handed)] = delivery.stored
+    assert kind == Kind.CHAT.flag
+    # Two chats for one user in one step: the second follows on from the first.
+    assert [(s.user, s.id, s.prev) for s in handed] == [
+        (here, placements[0].id, None), (here, placements[3].id, placements[0].id)]
+    assert delivery.pushed == [away]
+    signal = None
+    for _ in range(50):
+        signal = elsewhere.get_message(timeout=0.1)
+        if signal is not None:
+            break
+    received = Recorder()
+    signals.read(json.loads(signal["data"]), received)
+    assert [(s.user, s.id, json.loads(s.raw)["n"]) for s in received.stored[0][1]] == [
+        (there, placements[1].id, 1)]
+    elsewhere.close()
+
+
+def test_a_notification_not_stored_asks_redis_only_for_who_is_not_here(config, store):
+    here, there = uid(), uid()
+    _online(store, there, THERE)
+    delivery = Recorder()
+    delivery.by_user[here] = object()  # connected to this worker: no lookup needed
+    router = Router(config, store, delivery)
+    placed = router.notification({"toWho": [here, there], "needStore": False, "n": 1},
+                                 b'{"toWho": [], "n": 1}')
+    assert {user: p.node for user, p in placed.items()} == {here: HERE, there: THERE}
+    assert all(p.id is None for p in placed.values())
+    assert delivery.unstored == [([here], '{"toWho": [], "n": 1}')]
+
+
+def test_the_collector_runs_what_greenlets_ask_at_once_in_one_batch():
+    batches: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int | Exception]:
+        batches.append(items)
+        return [ValueError(f"no {item}") if item == 3 else item * 10 for item in items]
+
+    collector: Collector[int, int] = Collector(run, limit=4)
+
+    def ask(item: int) -> int | str:
+        try:
+            return collector.call(item)
+        except ValueError as exc:
+            return str(exc)
+
+    asked = [gevent.spawn(ask, item) for item in range(6)]
+    gevent.joinall(asked, timeout=5)
+    assert [greenlet.value for greenlet in asked] == [0, 10, 20, "no 3", 40, 50]
+    assert batches == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_the_collector_hands_a_failed_batch_to_each_caller():
+    def run(items: list[int]) -> list[int]:
+        raise redis.ConnectionError("Redis went away")
+
+    collector: Collector[int, int] = Collector(run)
+    asked = [gevent.spawn(collector.call, item) for item in range(3)]
+    gevent.joinall(asked, timeout=5)
+    assert all(isinstance(greenlet.exception, redis.ConnectionError) for greenlet in asked)
