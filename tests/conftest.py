@@ -15,7 +15,10 @@ from typing import Any, Callable
 
 import pytest
 
+from pushapp.config import Config
 from pushapp.ops.embedded_redis import EmbeddedRedis, free_port
+from pushapp.store.redis_url import connect
+from pushapp.store.store import Store
 from support import JS_DIR, LACKING, Client, Gateway, Subscriber, uid
 
 SEED_CHANNELS = ("login_message_channel", "chat_filter_channel", "chat_message_history_channel",
@@ -36,6 +39,21 @@ def start_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def store_config(start_redis: Callable[[], EmbeddedRedis]) -> Config:
+    """Settings for a ``Store`` used in this process, on a Redis of this module's own."""
+    return Config.from_env({"AUTH_MODE": "insecure", "REDIS_URL": start_redis().url,
+                            "KEY_PREFIX": f"unit{uid()}:"})
+
+
+@pytest.fixture
+def store(store_config: Config) -> Iterator[Store]:
+    """A ``Store`` called directly, without a gateway around it."""
+    client = connect(store_config)
+    yield Store(store_config, client)
+    client.connection_pool.disconnect()
 
 
 @pytest.fixture(scope="session")

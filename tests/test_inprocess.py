@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import gevent
 import orjson
@@ -18,7 +17,6 @@ from pushapp.ingest.routing import Router
 from pushapp.kinds import Kind
 from pushapp.sockets import signals
 from pushapp.store.batching import Collector
-from pushapp.store.redis_url import connect
 from pushapp.store.store import Presence, Store
 from support import uid, wait_for
 
@@ -49,21 +47,15 @@ class Recorder:
         self.pushed.append(user)
 
 
-@pytest.fixture(scope="module")
-def config(start_redis) -> Config:
-    server = start_redis()
-    return Config.from_env({"AUTH_MODE": "insecure", "REDIS_URL": server.url,
-                            "KEY_PREFIX": f"unit{uid()}:"})
-
-
 @pytest.fixture
-def store(config: Config) -> Iterator[Store]:
-    client = connect(config)
-    store = Store(config, client)
+def config(store_config: Config) -> Config:
+    return store_config
+
+
+@pytest.fixture(autouse=True)
+def nodes_alive(store: Store) -> None:
     for node in (HERE, THERE):
         store.heartbeat(node, 60)
-    yield store
-    client.connection_pool.disconnect()
 
 
 def _online(store: Store, user: str, node: str) -> None:

@@ -6,29 +6,18 @@ each test looks at the keys the script left, as its header in scripts.py says.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
 
 from pushapp.config import Config
-from pushapp.store.redis_url import connect
 from pushapp.store.store import Presence, Store, user_key
 from support import uid
 
 
-@pytest.fixture(scope="module")
-def config(start_redis) -> Config:
-    server = start_redis()
-    return Config.from_env({"AUTH_MODE": "insecure", "REDIS_URL": server.url,
-                            "KEY_PREFIX": f"scripts{uid()}:"})
-
-
 @pytest.fixture
-def store(config: Config) -> Iterator[Store]:
-    client = connect(config)
-    yield Store(config, client)
-    client.connection_pool.disconnect()
+def config(store_config: Config) -> Config:
+    return store_config
 
 
 def _presence(node: str, sid: str = "sid1") -> Presence:
