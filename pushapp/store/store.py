@@ -25,16 +25,18 @@ import itertools
 import re
 import time
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 from gevent.lock import Semaphore
+from redis.commands.core import Script
 
 from ..config import Config
 from ..kinds import KEY_PARTS
 from . import scripts
 from .batching import Collector
 from .idempotency_records import IdempotencyRecords
+from .lane import Command, Lane
 
 _PRESENCE_FIELDS = ("node", "sid", "device", "since")
 
@@ -179,6 +181,8 @@ class Store:
         self.lease_key = config.key("ingest-lease")
         self.totals_key = config.key("stored-totals")
         self.liveness = Liveness(client, self.nodes_key)
+        # A chat's commands (pushapp.store.lane); a cluster client routes them itself.
+        self._lane = Lane(client) if isinstance(client, redis.Redis) else None
         self._append = client.register_script(scripts.APPEND)
         self._read = client.register_script(scripts.READ)
         self._login = client.register_script(scripts.LOGIN)
@@ -225,17 +229,44 @@ class Store:
         """Store each (user, chat) in order, publish it to the archive channel, and say
         where its user is, all in one step. A chat whose stream key holds another type
         answers that error, alone."""
-        return self._placements(self._append(
-            keys=[key for user, _ in chats for key in self._append_keys("chat", user)],
-            args=[self.config.store_max_entries, self._ttl_ms(),
-                  self.config.channel_chat_history, "chat", *(raw for _, raw in chats)]))
+        return self._placements(self._script(
+            self._append,
+            [key for user, _ in chats for key in self._append_keys("chat", user)],
+            [self.config.store_max_entries, self._ttl_ms(), self.config.channel_chat_history,
+             "chat", *(raw for _, raw in chats)]))
 
     def store_notification(self, users: Sequence[str], raw: bytes
                            ) -> list[Placement | redis.ResponseError]:
         """Store a notification for each user and say where each user is."""
-        return self._placements(self._append(
-            keys=[key for user in users for key in self._append_keys("notif", user)],
-            args=[self.config.store_max_entries, self._ttl_ms(), "", "notif", raw]))
+        return self._placements(self._script(
+            self._append, [key for user in users for key in self._append_keys("notif", user)],
+            [self.config.store_max_entries, self._ttl_ms(), "", "notif", raw]))
+
+    def _script(self, script: Script, keys: list[str], args: list) -> Any:
+        """One call of a registered script; on the lane when there is one."""
+        if self._lane is None:
+            return script(keys=keys, args=args)
+        [answer] = self._lane.scripts(script, [(keys, args)])
+        if isinstance(answer, redis.ResponseError):
+            raise answer
+        return answer
+
+    def _commands(self, commands: list[Command]) -> list[Any]:
+        """Commands in one round trip, their replies in order; the first that failed
+        raises its error, as a pipeline's ``execute`` would."""
+        if not commands:
+            return []
+        if self._lane is not None:
+            answers = self._lane.execute(commands)
+        else:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                answers = pipe.execute(raise_on_error=False)
+        for answer in answers:
+            if isinstance(answer, redis.ResponseError):
+                raise answer
+        return answers
 
     def _append_keys(self, kind: str, user: str) -> tuple[str, str, str]:
         return self.key(user, kind), self.key(user, "on"), self.key(user, "sent")
@@ -258,8 +289,8 @@ class Store:
         for kind, user, after in reads:
             keys += (self.key(user, kind), self.key(user, "sent"))
             args += ("(" + after if after else oldest, kind)
-        return [_batch(reply) for reply in self._read(keys=keys, args=[count, self._ttl_ms(),
-                                                                       *args])]
+        replies = self._script(self._read, keys, [count, self._ttl_ms(), *args])
+        return [_batch(reply) for reply in replies]
 
     def login(self, user: str, presence: Presence, userinfo: bytes, seen: dict[str, str],
               reads: dict[str, str | None]) -> tuple[Presence | None,
@@ -288,7 +319,7 @@ class Store:
                 args += [trim, start]
         return [(Presence.decode(old), {kind: _batch(reply) for kind, reply
                                          in zip(KEY_PARTS, replies) if kind in login.reads})
-                for login, (old, replies) in zip(logins, self._login(keys=keys, args=args))]
+                for login, (old, replies) in zip(logins, self._script(self._login, keys, args))]
 
     def pending_counts(self, user: str) -> dict[str, int]:
         """Stored messages of each kind waiting for ``user``."""
@@ -353,16 +384,13 @@ class Store:
     def remove(self, acks: Iterable[tuple[str, str, Sequence[str]]]) -> None:
         """Remove exactly these messages (kind, user, ids); others, stored meanwhile, stay.
         One XDEL per stream, all in one round trip."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for kind, user, ids in acks:
-                pipe.xdel(self.key(user, kind), *ids)
-            pipe.execute()
+        self._commands([("XDEL", self.key(user, kind), *ids) for kind, user, ids in acks])
 
     def unbind(self, sockets: Sequence[tuple[str, str]]) -> int:
         """Forget each (user, sid), unless another socket has replaced that sid already.
         Returns how many users went offline."""
-        return self._unbind(keys=[self.key(user, "on") for user, _ in sockets],
-                            args=[sid for _, sid in sockets])
+        return self._script(self._unbind, [self.key(user, "on") for user, _ in sockets],
+                            [sid for _, sid in sockets])
 
     def presence(self, user: str) -> Presence | None:
         """The user's socket, if their node's heartbeat is fresh."""
@@ -421,7 +449,4 @@ class Store:
         return self._publishes.call((channel, data))
 
     def _publish_all(self, messages: list[tuple[str, bytes | str]]) -> list[int]:
-        with self.redis.pipeline(transaction=False) as pipe:
-            for channel, data in messages:
-                pipe.publish(channel, data)
-            return pipe.execute()
+        return self._commands([("PUBLISH", channel, data) for channel, data in messages])
