@@ -33,6 +33,10 @@ def test_listener_resubscribes_after_redis_restarts(start_gateway):
         wait_for(lambda: _status(gateway) == 503, what="readiness to drop with Redis")
         answer = client.call("chat", {"to": "bob"})
         assert answer == {"error": "temporarily unavailable, try again"}
+        # Without an ack asked for, the failure comes as an error event.
+        client.sio.emit("chat", {"to": "bob"})
+        assert client.expect("error") == {"event": "chat",
+                                          "error": "temporarily unavailable, try again"}
         assert client.call("hb") == 1
         gateway.redis_server.start()
         wait_for(lambda: _status(gateway) == 200, timeout=20, what="readiness to return")

@@ -27,7 +27,7 @@ from ..wire.transport import LeanSocket
 from .connections import Conn
 from .delivery import Delivery
 from .identity import AuthError, Authenticator
-from .server import GatewayServer, ack_requested, event_name
+from .server import GatewayServer, Later, ack_requested, event_name
 
 log = logging.getLogger(__name__)
 
@@ -100,30 +100,37 @@ class Events:
                 return self._reject(sid, name, "not connected")
             try:
                 return handler(sid, *args)
-            except AuthError as exc:
-                self._client_error("auth_refused", sid, "%s refused: %s", name, exc)
-                return self._reject(sid, name, str(exc), close=True)
-            except payloads.PayloadError as exc:
-                self._client_error("client_event_invalid", sid, "rejected %s: %s", name, exc,
-                                   level=logging.INFO)
-                return self._reject(sid, name, str(exc))
-            except redis.RedisError as exc:
-                log.error("%s from sid=%s failed, Redis unavailable: %s", name, sid, exc)
-                metrics.ERRORS.labels("redis").inc()
-                return self._reject(sid, name, "temporarily unavailable, try again")
-            except Exception:
-                log.exception("%s from sid=%s failed", name, sid)
-                metrics.ERRORS.labels("internal").inc()
-                return self._reject(sid, name, "internal error")
+            except Exception as exc:
+                return self._failed(sid, name, exc, ack_requested.get())
 
         return guarded
 
-    def _reject(self, sid: str, event: str, reason: str, close: bool = False) -> dict | None:
-        """Answer ``reason`` as the ack, or as an ``error`` event when no ack was asked for;
-        with ``close``, disconnect once the answer has been queued."""
+    def _failed(self, sid: str, event: str, exc: Exception, asked: bool) -> dict | None:
+        """The answer to an event that failed with ``exc``, counted and logged as its kind
+        of failure deserves."""
+        if isinstance(exc, AuthError):
+            self._client_error("auth_refused", sid, "%s refused: %s", event, exc)
+            return self._reject(sid, event, str(exc), asked, close=True)
+        if isinstance(exc, payloads.PayloadError):
+            self._client_error("client_event_invalid", sid, "rejected %s: %s", event, exc,
+                               level=logging.INFO)
+            return self._reject(sid, event, str(exc), asked)
+        if isinstance(exc, redis.RedisError):
+            log.error("%s from sid=%s failed, Redis unavailable: %s", event, sid, exc)
+            metrics.ERRORS.labels("redis").inc()
+            return self._reject(sid, event, "temporarily unavailable, try again", asked)
+        log.error("%s from sid=%s failed", event, sid, exc_info=exc)
+        metrics.ERRORS.labels("internal").inc()
+        return self._reject(sid, event, "internal error", asked)
+
+    def _reject(self, sid: str, event: str, reason: str, asked: bool | None = None,
+                close: bool = False) -> dict | None:
+        """Answer ``reason`` as the ack, or as an ``error`` event when no ack was asked for
+        (``asked``; None: the event being handled says); with ``close``, disconnect once the
+        answer has been queued."""
         if close:
             gevent.spawn(self.server.disconnect, sid)
-        if ack_requested.get():
+        if ack_requested.get() if asked is None else asked:
             return {"error": reason}
         self.server.emit("error", {"event": event, "error": reason}, to=sid)
         return None
@@ -232,9 +239,22 @@ class Events:
             raw = payloads.dumps(message)
         if self.config.chat_filter == "direct":
             self.route_chat(message, raw)
-        elif not self.store.publish(self.config.channel_chat_filter, raw):
-            self.unheard.add()
-        return 1
+            return 1
+        return Later(functools.partial(self._publish_chat, sid, raw, ack_requested.get()))
+
+    def _publish_chat(self, sid: str, raw: bytes, asked: bool,
+                      answer: Callable[[Any], None]) -> None:
+        """Publish a client's chat for the filter server, and ack it once published: 1, or
+        why not. The handler does not wait for it (pushapp.sockets.server.Later)."""
+        def published(heard: int | Exception) -> None:
+            if isinstance(heard, Exception):
+                answer(self._failed(sid, "chat", heard, asked))
+                return
+            if not heard:
+                self.unheard.add()
+            answer(1)
+
+        self.store.publish_then(self.config.channel_chat_filter, raw, published)
 
     def on_hb(self, sid: str, *args: Any) -> int:
         return 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from functools import partial
 from typing import Any, Callable
 
 import socketio
@@ -121,22 +122,33 @@ class GatewayServer(SocketServer):
             sock.cut_off(POLICY_VIOLATION, "event flood")
 
     def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):  # noqa: A002
-        """python-socketio's own, noting whether an ack was asked for, and writing the ack
-        of the default namespace as text."""
+        """python-socketio's own, noting whether an ack was asked for, taking answers that
+        come later (``Later``), and writing the ack of the default namespace as text."""
         token = ack_requested.set(id is not None)
         try:
             answer = server._trigger_event(data[0], namespace, sid, *data[1:])
+            if isinstance(answer, Later):
+                answer.start(partial(self._ack, eio_sid, namespace, id))
+                return
         finally:
             ack_requested.reset(token)
-        if answer is self.not_handled or id is None:
+        if answer is not self.not_handled:
+            self._ack(eio_sid, namespace, id, answer)
+
+    def _ack(self, eio_sid: str, namespace: str, ack_id: int | None, answer: Any) -> None:
+        """Send ``answer`` as the ack ``ack_id`` (None: the client asked for none), unless
+        the socket is gone."""
+        if ack_id is None:
+            return
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None:
             return
         answer = [] if answer is None else list(answer) if isinstance(answer, tuple) else [answer]
-        sock = self.eio.sockets.get(eio_sid)
         if namespace == "/" and isinstance(sock, LeanSocket):
-            sock.send_text(packets.ack(id, answer))
+            sock.send_text(packets.ack(ack_id, answer))
         else:
             self._send_packet(eio_sid, self.packet_class(packet.ACK, namespace=namespace,
-                                                         id=id, data=answer))
+                                                         id=ack_id, data=answer))
 
     def emit_acked(self, sid: str, event: str, data: Any, callback: Callable[..., Any]) -> None:
         """Emit ``event`` with ``data`` to the socket ``sid`` of the default namespace, and
@@ -148,6 +160,18 @@ class GatewayServer(SocketServer):
             self.emit(event, data, to=sid, callback=callback)
             return
         sock.send_text(packets.event(self.manager._generate_ack_id(sid, callback), event, data))
+
+
+class Later:
+    """What a handler returns when its answer comes after it returns, so that its greenlet
+    need not wait (a chat's ack waits for the PUBLISH of a batch of chats). ``start`` is
+    called at once with the function that sends the answer; it calls that once, from
+    anywhere, the event loop included (it never blocks)."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, start: Callable[[Callable[[Any], None]], None]) -> None:
+        self.start = start
 
 
 def event_name(data: Any) -> str:

@@ -50,6 +50,14 @@ class Collector(Generic[T, R]):
             raise answer
         return answer
 
+    def then(self, item: T, done: Callable[[R | Exception], None]) -> None:
+        """Queue ``item``; once its batch ran, ``done`` gets what ``run`` answered for it, or
+        the exception. ``done`` is called by the event loop, with no greenlet waiting for
+        the batch: it must not block."""
+        batch, index = self._queue(item)
+        batch.rawlink(lambda result: done(result.value[index] if result.successful()
+                                          else result.exception))
+
     def _queue(self, item: T) -> tuple[AsyncResult, int]:
         if not self._batches or len(self._batches[-1][0]) >= self.limit:
             self._batches.append(([], AsyncResult()))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import redis
@@ -447,6 +447,12 @@ class Store:
         with the number of subscribers that received it (0: it is lost), and raises the
         RedisError a PUBLISH of its own would have."""
         return self._publishes.call((channel, data))
+
+    def publish_then(self, channel: str, data: bytes | str,
+                     done: Callable[[int | Exception], None]) -> None:
+        """``publish`` without waiting: ``done`` gets the number of subscribers, or the
+        RedisError, from the event loop once the batch is published (it must not block)."""
+        self._publishes.then((channel, data), done)
 
     def _publish_all(self, messages: list[tuple[str, bytes | str]]) -> list[int]:
         return self._commands([("PUBLISH", channel, data) for channel, data in messages])
