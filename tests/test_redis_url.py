@@ -15,7 +15,7 @@ from redis.cluster import RedisCluster
 from pushapp.config import Config, ConfigError, RedisTarget, parse_redis_url as parse
 from pushapp.ops.embedded_redis import EmbeddedRedis, find_binary
 from pushapp.store.redis_url import connect, sharded_pubsub
-from redis_servers import Cluster, Sentinels, Server, redis7_binary, redis_binary, version
+from redis_servers import Sentinels, Server, redis7_binary, redis_binary, version
 from support import ROOT, Mailbox, refused_start, uid, wait_for
 
 PASSWORD = "s3cret-Pw"
@@ -101,13 +101,6 @@ def test_the_gateway_says_it_does_not_run_on_a_cluster_yet():
     assert said.splitlines() == ["pushapp: REDIS_URL names a Redis Cluster: the gateway does "
                                  "not run on one yet, only on one Redis server or a "
                                  "Sentinel-managed master (docs/deployment.md)"]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    started = Cluster(tmp_path_factory.mktemp("cluster"), redis_binary()).start()
-    yield started
-    started.stop()
 
 
 @pytest.fixture(scope="module")

@@ -257,14 +257,15 @@ class Listener:
 
     def _store_chats(self, chats: list[tuple[str, bytes]]) -> None:
         """Store a run of chats heard together; a chat that failed alone (its stream key is
-        unusable) is retried alone."""
+        unusable, or on a cluster its master is down) is retried alone, the others stored
+        once."""
         if chats:
             self._attempt(self.config.channel_snschat, [raw for _, raw in chats],
                           self._store_run, chats)
 
     def _store_run(self, chats: list[tuple[str, bytes]]) -> None:
         for chat, placement in zip(chats, self.router.chats(chats)):
-            if isinstance(placement, redis.ResponseError):
+            if isinstance(placement, redis.RedisError):
                 self._attempt(self.config.channel_snschat, [chat[1]], self.router.chats, [chat])
 
     def _attempt(self, channel: str, data: list[bytes], action: Callable[..., Any],

@@ -1,7 +1,7 @@
 """The store: everything that talks to Redis.
 
 Owns the ``Store`` (``store``: streams, presence, the lease, heartbeats, key names) and
-its Lua scripts (``scripts``), the inbox stream's commands (``inbox_stream``), the
+its Lua scripts (``scripts``), split by hash slot on a Redis Cluster (``slots``), the inbox stream's commands (``inbox_stream``), the
 ``Idempotency-Key`` records (``idempotency_records``), batching of many greenlets'
 commands into one round trip (``batching``), clients made from ``REDIS_URL``
 (``redis_url``), the capped client that never holds an oversized channel message whole
