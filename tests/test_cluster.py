@@ -10,21 +10,25 @@ masters, acks, the HTTP API, and a master killed under chat load.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
 import redis
 from redis.commands.core import Script
 
 from pushapp.config import Config
+from pushapp.store.capped import Oversized, capped_client
 from pushapp.store.idempotency_records import IdempotencyRecords
 from pushapp.store.inbox_stream import InboxStream
-from pushapp.store.redis_url import connect
+from pushapp.store.redis_url import connect, sharded_pubsub
 from pushapp.store.slots import batched
-from pushapp.store.store import Presence, Store
-from redis_servers import Cluster
-from support import uid
+from pushapp.store.store import Presence, Store, user_key
+from pushapp.store.subscription import Subscription
+from redis_servers import HOST, Cluster, redis_binary, version
+from support import Client, Gateway, uid, wait_for
 
 
 def _users_on_every_master(cluster: Cluster, key: Callable[[str], str],
@@ -155,3 +159,174 @@ def test_lease_inbox_and_idempotency_records_on_a_cluster(cluster_config: Config
     assert records.claim(record, b"mine", 60) and not records.claim(record, b"theirs", 60)
     records.settle(record, b"mine", "answer", 60_000)
     assert records.get(record) == b"answer"
+
+
+def _next_message(subscription: Subscription) -> tuple[str, bytes | Oversized]:
+    def heard() -> tuple[str, bytes | Oversized] | None:
+        return subscription.next() if subscription.readable(0.1) else None
+
+    return wait_for(heard, what="a message on the subscription")
+
+
+def test_one_subscription_hears_plain_and_sharded_channels_capped(cluster: Cluster) -> None:
+    config = Config.from_env({"AUTH_MODE": "insecure", "REDIS_URL": cluster.url,
+                              "MAX_CHANNEL_MESSAGE_BYTES": "1000"})
+    client = capped_client(config, "test-capped", exempt=(own := config.key("node", uid())))
+    sharded = sharded_pubsub(client)
+    assert sharded is (version(redis_binary()) >= (7, 0))
+    subscription = Subscription(client, own, sharded)
+    business = uid("business")
+    publisher = Store(config, connect(config))
+    try:
+        subscription.subscribe(own, business)
+        holder = cluster.master_of(own)
+        wait_for(lambda: holder.client.pubsub_numsub(business)[0][1],
+                 what="the subscription on the master of the signal channel's slot")
+        # A PUBLISH on any master reaches it (and counts there only); a signal goes to
+        # its own shard.
+        for master in cluster.masters:
+            assert master.client.publish(business, master.port) == (master is holder)
+            assert _next_message(subscription) == (business, str(master.port).encode())
+        assert publisher.publish(own, b"s" * 5000) == 1
+        assert _next_message(subscription) == (own, b"s" * 5000)  # exempt from the cap
+        publisher.publish(business, b"b" * 5000)
+        channel, data = _next_message(subscription)
+        assert channel == business and isinstance(data, Oversized) and data.size == 5000
+    finally:
+        subscription.close()
+        publisher.redis.close()
+
+
+# The gateways: two gunicorn processes of one worker each, as two hosts would run them,
+# on the cluster. The chat filter is the gateway itself, so that chats from clients are
+# stored and delivered without a filter server.
+
+@pytest.fixture(scope="module")
+def gateways(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[list[Gateway]]:
+    config = Config.from_env({"AUTH_MODE": "insecure", "REDIS_URL": cluster.url})
+    # The tests' own client, as a business server's (Gateway.redis): the whole cluster.
+    seed = SimpleNamespace(url=f"redis://{HOST}:{cluster.masters[0].port}/0")
+    started = []
+    try:
+        for _ in range(2):
+            gateway = Gateway(seed, tmp_path_factory.mktemp("gateway") / "gunicorn.log",
+                              REDIS_URL=cluster.url, CHAT_FILTER="direct")
+            gateway.redis = connect(config)
+            started.append(gateway)
+            gateway.start()
+        yield started
+        for gateway in started:
+            gateway.assert_unharmed()
+    finally:
+        for gateway in started:
+            gateway.terminate()
+        for gateway in started:
+            gateway.wait()
+
+
+def _publish(cluster: Cluster, channel: str, message: dict) -> None:
+    """PUBLISH ``message`` once a gateway listens on ``channel``: on a cluster a PUBLISH
+    counts only the subscribers of the node it ran on, so the test asks every node."""
+    live = [node for node in cluster.nodes if node.process.poll() is None]
+    wait_for(lambda: any(node.client.pubsub_numsub(channel)[0][1] for node in live),
+             what=f"a listener on {channel}")
+    live[0].client.publish(channel, json.dumps(message))
+
+
+@pytest.fixture
+def logged_in(cluster: Cluster, gateways: list[Gateway]
+              ) -> Iterator[Callable[[int], list[tuple[str, Client]]]]:
+    """Log in users whose keys sit ``each`` on each master, on the two gateways in turn;
+    all are closed after the test."""
+    made: list[Client] = []
+
+    def log_in(each: int) -> list[tuple[str, Client]]:
+        users = _users_on_every_master(
+            cluster, lambda user: user_key("pushapp:", user, "chat"), each)
+        pairs = []
+        for index, user in enumerate(users):
+            client = gateways[index % 2].client()
+            made.append(client)
+            client.login(user)
+            pairs.append((user, client))
+        return pairs
+
+    yield log_in
+    for client in made:
+        client.close()
+
+
+def test_chats_and_notifications_reach_users_on_every_master_and_gateway(
+        cluster: Cluster, gateways: list[Gateway], logged_in) -> None:
+    pairs = logged_in(2)
+    first = gateways[0]
+    # Each client chats to the next, through whichever gateway it is on.
+    for (_, client), (to, _) in zip(pairs, pairs[1:] + pairs[:1]):
+        assert client.call("chat", {"to": to, "text": f"hi {to}"}) == 1
+    for user, client in pairs:
+        assert [chat["text"] for chat in client.expect_chats(1)] == [f"hi {user}"]
+    # From a business server, on the channels.
+    users = [user for user, _ in pairs]
+    for user in users:
+        _publish(cluster, "snschat", {"from": "biz", "to": user, "n": 1})
+    _publish(cluster, "notification", {"toWho": users, "needStore": True, "n": 2})
+    for user, client in pairs:
+        assert client.expect_chats(1)[0]["n"] == 1
+        assert json.loads(client.expect("notification"))["n"] == 2
+    # Acks removed exactly what was acked: nothing is left.
+    for user in users:
+        wait_for(lambda u=user: not first.pending("chat", u) and not first.pending("notif", u),
+                 what=f"{user}'s acked messages to leave the store")
+    assert first.api("GET", f"/users/{users[0]}/presence").json()["online"] is True
+    assert first.api("GET", "/users/online?limit=1000").json()["users"]
+
+
+def test_pending_messages_at_login_and_the_http_api(cluster: Cluster, gateways: list[Gateway],
+                                                    logged_in) -> None:
+    offline = _users_on_every_master(cluster, lambda u: user_key("pushapp:", u, "chat"), 1)
+    first, second = gateways
+    answer = first.api("POST", "/notifications",
+                       json={"toWho": offline, "needStore": True, "n": 1})
+    assert answer.status_code == 200 and answer.json()["stored"] == len(offline)
+    chats = second.api("POST", "/chats/batch", json={"messages": [
+        {"from": "biz", "to": user, "n": 2} for user in offline]})
+    assert [result["stored"] for result in chats.json()["results"]] == [1] * len(offline)
+    assert second.api("GET", f"/users/{offline[0]}/pending").json()["pending"] \
+        == {"chat": 1, "notification": 1}
+    for index, user in enumerate(offline):
+        client = gateways[index % 2].client()
+        try:
+            client.login(user)
+            assert json.loads(client.expect("notification"))["n"] == 1
+            assert client.expect_chats(1)[0]["n"] == 2
+            wait_for(lambda u=user: not first.pending("chat", u), what="the ack")
+        finally:
+            client.close()
+
+
+def test_a_login_on_the_other_gateway_kicks_the_first(gateways: list[Gateway]) -> None:
+    user = uid()
+    first, second = gateways[0].client(), gateways[1].client()
+    try:
+        first.login(user, device="phone")
+        second.login(user, device="laptop")
+        first.expect("logout")
+        first.expect("disconnect")
+        assert gateways[0].presence(user)[0] == gateways[1].node
+    finally:
+        first.close()
+        second.close()
+
+
+def test_each_message_is_stored_once_and_delivered_once(cluster: Cluster, logged_in) -> None:
+    pairs = logged_in(2)
+    for n in range(20):
+        for user, _ in pairs:
+            _publish(cluster, "snschat", {"to": user, "n": n})
+    for user, client in pairs:
+        assert [chat["n"] for chat in client.expect_chats(20)] == list(range(20))
+    # The last chat came after every one before it: a second copy would have come too.
+    for user, client in pairs:
+        _publish(cluster, "snschat", {"to": user, "n": "last"})
+        assert [chat["n"] for chat in client.expect_chats(1)] == ["last"]

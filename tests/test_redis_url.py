@@ -96,13 +96,6 @@ def test_check_config_and_gunicorn_refuse_a_wrong_url_at_start():
     assert refused_start(AUTH_MODE="insecure", REDIS_URL=url).splitlines() == [line]
 
 
-def test_the_gateway_says_it_does_not_run_on_a_cluster_yet():
-    said = refused_start(AUTH_MODE="insecure", REDIS_URL="redis+cluster://127.0.0.1:1")
-    assert said.splitlines() == ["pushapp: REDIS_URL names a Redis Cluster: the gateway does "
-                                 "not run on one yet, only on one Redis server or a "
-                                 "Sentinel-managed master (docs/deployment.md)"]
-
-
 @pytest.fixture(scope="module")
 def sentinels(tmp_path_factory):
     started = Sentinels(tmp_path_factory.mktemp("sentinel"), redis_binary()).start()
@@ -191,8 +184,8 @@ def test_every_pool_is_bounded_and_makes_callers_wait(kind, request):
 
 
 def test_cluster_refuses_options_redis_py_would_drop(cluster):
-    with pytest.raises(TypeError, match="RedisCluster does not take parser_class"):
-        connect(_config(cluster.url), 1, parser_class=object, client_name="listener")
+    with pytest.raises(TypeError, match="RedisCluster does not take retry_on_error"):
+        connect(_config(cluster.url), 1, retry_on_error=[], client_name="listener")
 
 
 def test_sharded_pubsub_is_said_by_the_servers_version(cluster, single):

@@ -163,8 +163,10 @@ class Listener:
     def _listen(self) -> None:
         backoff = 0.1
         while self._running:
-            subscription = Subscription(self._client)
+            subscription = None
             try:
+                subscription = Subscription(self._client, self.node_channel,
+                                            self.store.sharded)
                 subscription.subscribe(self.node_channel)
                 self.subscribed = True
                 metrics.LISTENER.set(1)
@@ -177,7 +179,8 @@ class Listener:
             finally:
                 self.subscribed = self.hearing = False
                 metrics.LISTENER.set(0)
-                subscription.close()
+                if subscription is not None:
+                    subscription.close()
             gevent.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, _MAX_BACKOFF)
 

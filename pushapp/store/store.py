@@ -171,10 +171,11 @@ def _batch(reply: list) -> Batch | redis.ResponseError:
 
 def _reached(answers: list) -> list:
     """``answers`` of a batched script, unless one is the error of a cluster's slot whose
-    master could not be reached: then that error, raised (a ResponseError of one item,
-    such as a stream key holding another type, stays in its place)."""
+    call failed (its master unreachable, CLUSTERDOWN, …): then that error, raised. An
+    item's own error, such as a stream key holding another type, is a plain
+    ResponseError, and stays in its place."""
     for answer in answers:
-        if isinstance(answer, redis.RedisError) and not isinstance(answer, redis.ResponseError):
+        if isinstance(answer, redis.RedisError) and type(answer) is not redis.ResponseError:
             raise answer
     return answers
 
