@@ -10,13 +10,16 @@ masters, acks, the HTTP API, and a master killed under chat load.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import pytest
 import redis
+import requests
 from redis.commands.core import Script
 
 from pushapp.config import Config
@@ -330,3 +333,86 @@ def test_each_message_is_stored_once_and_delivered_once(cluster: Cluster, logged
     for user, client in pairs:
         _publish(cluster, "snschat", {"to": user, "n": "last"})
         assert [chat["n"] for chat in client.expect_chats(1)] == ["last"]
+
+
+class _ChatLoad:
+    """Chats to ``users`` over the HTTP API of the gateways in turn, from a thread, as
+    fast as they are answered; ``stored`` holds (user, n, when) of each one answered as
+    stored. Answers of a failover (503: Redis unavailable) are expected and not kept."""
+
+    def __init__(self, gateways: list[Gateway], users: list[str]) -> None:
+        self.gateways = gateways
+        self.users = users
+        self.stored: list[tuple[str, int, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for n in itertools.count():
+            for user in self.users:
+                if self._stop.is_set():
+                    return
+                try:
+                    answer = self.gateways[n % 2].api("POST", "/chats",
+                                                      json={"to": user, "n": n})
+                except requests.RequestException:
+                    continue
+                if answer.status_code == 200 and answer.json()["stored"] == 1:
+                    self.stored.append((user, n, time.monotonic()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def _received(client: Client, wanted: set[int]) -> None:
+    """Wait until ``client`` has been sent every chat numbered in ``wanted``."""
+    while wanted:
+        wanted -= {chat["n"] for chat in client.expect_chats(1, timeout=30)}
+
+
+@pytest.mark.fault
+def test_a_killed_masters_replica_takes_over_and_nothing_it_had_is_lost(
+        cluster: Cluster, gateways: list[Gateway], logged_in) -> None:
+    """Kept last in this module: a master of the module's cluster stays down after it."""
+    pairs = logged_in(1)
+    users = [user for user, _ in pairs]
+    victim = cluster.master_of(user_key("pushapp:", users[0], "chat"))
+    late = next(user for user in iter(uid, None)
+                if cluster.master_of(user_key("pushapp:", user, "chat")) is victim)
+    for n in range(10):
+        answer = gateways[n % 2].api("POST", "/chats", json={"to": late, "n": n})
+        assert answer.json()["stored"] == 1
+    # Redis replicates asynchronously (docs/deployment.md): the test waits for each
+    # replica to have what its master holds (the presences, the chats for ``late``).
+    for master in cluster.masters:
+        assert master.client.execute_command("WAIT", 1, 5000) == 1
+
+    load = _ChatLoad(gateways, users)
+    try:
+        wait_for(lambda: len(load.stored) >= 3 * len(users), what="chats stored under load")
+        victim.kill()
+        wait_for(lambda: not gateways[0].is_ready(), what="readiness to say a master is down")
+        replica = cluster.replica_of(victim)
+        wait_for(lambda: replica.info("replication")["role"] == "master", 30,
+                 "the replica's promotion")
+        wait_for(lambda: all(gateway.is_ready() for gateway in gateways), 30,
+                 "the gateways ready again, by themselves")
+        promoted_at = time.monotonic()
+        wait_for(lambda: {user for user, _, when in load.stored if when > promoted_at}
+                 == set(users), 30, "a chat stored for every user after the promotion")
+    finally:
+        load.stop()
+
+    # Every chat stored after the promotion reaches its user, whose socket stayed open.
+    for user, client in pairs:
+        _received(client, {n for to, n, when in load.stored
+                           if to == user and when > promoted_at})
+    # What the replica had before the kill is all there.
+    client = gateways[1].client()
+    try:
+        client.login(late)
+        assert sorted(chat["n"] for chat in client.expect_chats(10)) == list(range(10))
+    finally:
+        client.close()

@@ -42,9 +42,11 @@ def batched(client: redis.Redis | RedisCluster, text: str, keys_each: int, share
 
 
 class SlotScript:
-    """A batched script on a cluster: one EVALSHA per hash slot, in one pipeline. An item
-    whose slot's call failed (its master down, say) answers that error, alone with the
-    other items of its slot: the others were done."""
+    """A batched script on a cluster: one EVALSHA per hash slot, in one pipeline. A master
+    that cannot be connected to fails the whole call before anything is sent, which
+    raises, as on one server. An item whose slot's call failed once sent (its master
+    gone meanwhile, CLUSTERDOWN while a replica is promoted) answers that error, with the
+    other items of its slot: the other slots' items were done."""
 
     def __init__(self, client: RedisCluster, script: Script, keys_each: int, shared: int,
                  args_each: int) -> None:
