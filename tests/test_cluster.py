@@ -23,6 +23,7 @@ import requests
 from redis.commands.core import Script
 
 from pushapp.config import Config
+from pushapp.store import migration
 from pushapp.store.capped import Oversized, capped_client
 from pushapp.store.idempotency_records import IdempotencyRecords
 from pushapp.store.inbox_stream import InboxStream
@@ -162,6 +163,12 @@ def test_lease_inbox_and_idempotency_records_on_a_cluster(cluster_config: Config
     assert records.claim(record, b"mine", 60) and not records.claim(record, b"theirs", 60)
     records.settle(record, b"mine", "answer", 60_000)
     assert records.get(record) == b"answer"
+
+
+def test_upgrade_keys_finds_nothing_to_move_and_marks_the_layout(cluster_config: Config,
+                                                                 store: Store) -> None:
+    assert migration.upgrade(cluster_config, store.redis, "test") == 0
+    assert store.redis.get(cluster_config.key("layout")) == migration.LAYOUT
 
 
 def _next_message(subscription: Subscription) -> tuple[str, bytes | Oversized]:
