@@ -20,7 +20,8 @@ from .ops import backlog, logs
 from .ops.memory import MemoryReturn
 from .sockets.connections import Connections
 from .sockets.delivery import Delivery
-from .sockets.events import GatewayServer, Events
+from .sockets.events import Events
+from .sockets.server import GatewayServer
 from .store import migration
 from .store.redis_url import connect
 from .store.store import Store

@@ -37,7 +37,7 @@ def adopt(instance: Any, cls: type) -> None:
     """Make ``instance``, built by a library, an instance of pushapp's subclass ``cls``.
 
     The one place pushapp swaps a ``__class__``: Flask-SocketIO builds python-socketio's
-    server with no way to pass a class (pushapp.sockets.events.GatewayServer),
+    server with no way to pass a class (pushapp.sockets.server.GatewayServer),
     python-socketio builds the Engine.IO server likewise (pushapp.wire.transport
     .LeanEngineServer), the Engine.IO server builds each socket in its connect path
     (LeanSocket), and gevent-websocket builds each websocket (QuietWebSocket). Each

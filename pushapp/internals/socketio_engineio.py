@@ -1,6 +1,6 @@
 """python-engineio's, python-socketio's and Flask-SocketIO's private parts that pushapp
 relies on: the Engine.IO socket and server (pushapp.wire.transport), python-socketio's
-message handling (pushapp.sockets.events) and client manager (pushapp.wire.manager), and
+message handling (pushapp.sockets.server) and client manager (pushapp.wire.manager), and
 the server Flask-SocketIO builds (pushapp.app adopts it)."""
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ RELIED_ON: tuple[Reliance, ...] = (
              "the Engine.IO sockets by sid: capacity, the drain and the DueQueues read it.",
              instance=True),
     Reliance(EngineServer, "handlers", None,
-             "LeanEngineServer wraps the 'connect' handler python-socketio registered.",
+             "LeanEngineServer wraps the 'connect' handler python-socketio registered; "
+             "LeanSocket hands a websocket's MESSAGE to the 'message' one.",
              instance=True),
     Reliance(EngineServer, "on", ("event", "handler"), "the connect handler is replaced."),
     Reliance(EngineServer, "ping_interval", None, "the pinger's period.", instance=True),
@@ -51,7 +52,7 @@ RELIED_ON: tuple[Reliance, ...] = (
     Reliance(SocketIO, "server", None, "the python-socketio server init_app built, which "
              "create_app adopts as GatewayServer (and its eio as LeanEngineServer).",
              instance=True),
-    # python-socketio: message handling (pushapp.sockets.events.GatewayServer).
+    # python-socketio: message handling (pushapp.sockets.server.GatewayServer).
     Reliance(SocketServer, "_handle_eio_message", ("eio_sid", "data"),
              "GatewayServer replaces it (rate limits, acks of nothing, binary refused) and "
              "binds it again on the Engine.IO server; a rename leaves the limits unapplied."),
@@ -67,7 +68,12 @@ RELIED_ON: tuple[Reliance, ...] = (
              "a refusal's answer is sent as a packet."),
     Reliance(SocketServer, "_handle_event_internal",
              ("server", "sid", "eio_sid", "data", "namespace", "id"),
-             "overridden to note whether the client asked for an ack."),
+             "overridden to note whether the client asked for an ack and to write the ack "
+             "as text."),
+    Reliance(SocketServer, "_trigger_event", ("event", "namespace"),
+             "runs an event's handler, from the override above."),
+    Reliance(SocketServer, "not_handled", None, "what _trigger_event answers for an event "
+             "with no handler: no ack is sent.", instance=True),
     Reliance(SocketServer, "packet_class", None, "packets decoded and built by the server.",
              instance=True),
     Reliance(SocketServer, "reason", None, "the disconnect reason of a client's DISCONNECT."),
@@ -85,6 +91,9 @@ RELIED_ON: tuple[Reliance, ...] = (
     Reliance(SocketManager, "basic_disconnect", ("sid", "namespace", "kwargs"),
              "overridden: constant time."),
     Reliance(SocketManager, "rooms", None, "the sid table of each namespace.", instance=True),
+    Reliance(SocketManager, "_generate_ack_id", ("sid", "callback"),
+             "GatewayServer.emit_acked registers the callback of an event it writes as text; "
+             "a change leaves acks of deliveries unanswered."),
     Reliance(SocketManager, "callbacks", None, "acks awaited per sid: an ack of nothing is "
              "refused.", instance=True),
     Reliance(SocketManager, "pending_disconnect", None, "cleaned on disconnect.",

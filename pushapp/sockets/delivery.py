@@ -19,7 +19,6 @@ from typing import Any
 
 import gevent
 import redis
-import socketio
 
 from .. import payloads
 from ..config import Config
@@ -32,6 +31,7 @@ from . import signals
 from .ack_timers import AckTimers
 from .connections import Conn, Connections
 from .identity import Identity
+from .server import GatewayServer
 from .signals import Stored
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class Delivery:
     registry's (``connections``); ``by_sid`` and ``by_user`` are its dicts, read here
     without a call per message, and changed only through the registry."""
 
-    def __init__(self, config: Config, store: Store, server: socketio.Server, node: str,
+    def __init__(self, config: Config, store: Store, server: GatewayServer, node: str,
                  connections: Connections) -> None:
         self.config = config
         self.store = store
@@ -296,8 +296,8 @@ class Delivery:
     def _send_chats(self, conn: Conn, entries: list[Entry]) -> None:
         batch = b"[" + b",".join(with_mid(entry.raw, entry.id) for entry in entries) + b"]"
         ids = [entry.id for entry in entries]
-        self.server.emit("chat", batch.decode(), to=conn.sid,
-                         callback=partial(self._chats_acked, conn, ids))
+        self.server.emit_acked(conn.sid, "chat", batch.decode(),
+                               partial(self._chats_acked, conn, ids))
         metrics.labelled(metrics.MESSAGES_OUT, "chat").inc(len(ids))
         conn.unacked_chats += 1
         self._ack_watch.sent(conn)
@@ -318,9 +318,9 @@ class Delivery:
 
     def _send_notifications(self, conn: Conn, entries: list[Entry]) -> None:
         for entry in entries:
-            self.server.emit("notification", with_mid(entry.raw, entry.id).decode(),
-                             to=conn.sid,
-                             callback=partial(self._notification_acked, conn, entry.id))
+            self.server.emit_acked(conn.sid, "notification",
+                                   with_mid(entry.raw, entry.id).decode(),
+                                   partial(self._notification_acked, conn, entry.id))
         metrics.labelled(metrics.MESSAGES_OUT, "notification").inc(len(entries))
         conn.unacked_notifs += len(entries)
         self._ack_watch.sent(conn)

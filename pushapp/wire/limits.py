@@ -189,7 +189,7 @@ class Handshakes:
 class Limits:
     """One worker's limits on what connections cost, shared by its HTTP server
     (pushapp.wire.worker), its Engine.IO sockets (pushapp.wire.transport) and Socket.IO
-    (pushapp.sockets.events)."""
+    (pushapp.sockets.server)."""
 
     limiter: RateLimiter
     errors: ClientErrors

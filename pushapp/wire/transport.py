@@ -109,6 +109,17 @@ class LeanSocket(EngineSocket):
         if self.check_ping_timeout():
             self._write(self.server.framed(pkt))
 
+    def send_text(self, text: str) -> None:
+        """An Engine.IO MESSAGE of ``text``, a Socket.IO packet already encoded
+        (pushapp.wire.packets): framed and written without a packet object on a websocket.
+        Nothing is sent once the socket is closed."""
+        if self.closed:
+            return
+        if self._frames is None:
+            super().send(packet.Packet(packet.MESSAGE, data=text))
+        elif self.check_ping_timeout():
+            self._write(frame(TEXT, b"4" + text.encode()))
+
     def schedule_ping(self) -> None:
         if self.last_ping:
             self.last_ping = None
@@ -391,6 +402,14 @@ class LeanSocket(EngineSocket):
                 self._inbox = None
 
     def _receive_text(self, data: str) -> None:
+        if data[:1] == "4":
+            # A MESSAGE, most of what a client sends: to the server's handler, as
+            # python-engineio's socket would hand it, without a packet object.
+            try:
+                self.server.handlers["message"](self.sid, data[1:])
+            except Exception:
+                self.server.logger.exception("message handler error")
+            return
         try:
             pkt = packet.Packet(encoded_packet=data)
         except (ValueError, TypeError, IndexError) as exc:
