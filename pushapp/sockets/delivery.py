@@ -15,7 +15,7 @@ import heapq
 import logging
 import time
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import redis
@@ -31,8 +31,12 @@ from . import signals
 from .ack_timers import AckTimers
 from .connections import Conn, Connections
 from .identity import Identity
-from .server import GatewayServer
 from .signals import Stored
+
+if TYPE_CHECKING:
+    # Imported for its type only: the server module brings the transport, whose worker
+    # reads the settings as it is imported.
+    from .server import GatewayServer
 
 log = logging.getLogger(__name__)
 

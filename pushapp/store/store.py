@@ -26,7 +26,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 from gevent.lock import Semaphore
@@ -37,8 +37,9 @@ from ..kinds import KEY_PARTS
 from . import scripts
 from .batching import Collector
 from .idempotency_records import IdempotencyRecords
+from .lane import Command, Lane
 from .redis_url import sharded_pubsub
-from .slots import batched
+from .slots import Batched, batched
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,8 @@ class Store:
         self.lease_key = config.key("ingest-lease")
         self.totals_key = config.key("stored-totals")
         self.liveness = Liveness(client, self.nodes_key)
+        # A chat's commands (pushapp.store.lane); a cluster client routes them itself.
+        self._lane = Lane(client) if isinstance(client, redis.Redis) else None
         # The batched scripts, split by slot on a cluster (pushapp.store.slots): per item
         # its keys, and the args shared by all before those of each item.
         self._append_chats = batched(client, scripts.APPEND, 3, 4, 1)
@@ -276,10 +279,11 @@ class Store:
         where its user is, all in one step (on a cluster, one per slot). A chat whose
         stream key holds another type answers that error, alone; on a cluster, so do the
         chats of a slot whose master could not be reached, the others being stored."""
-        return self._placements(self._append_chats(
-            keys=[key for user, _ in chats for key in self._append_keys("chat", user)],
-            args=[self.config.store_max_entries, self._ttl_ms(),
-                  self.config.channel_chat_history, "chat", *(raw for _, raw in chats)]))
+        return self._placements(self._script(
+            self._append_chats,
+            [key for user, _ in chats for key in self._append_keys("chat", user)],
+            [self.config.store_max_entries, self._ttl_ms(), self.config.channel_chat_history,
+             "chat", *(raw for _, raw in chats)]))
 
     def store_notification(self, users: Sequence[str], raw: bytes
                            ) -> list[Placement | redis.RedisError]:
@@ -287,9 +291,37 @@ class Store:
         stream key holds another type answers that error; if a master of the cluster
         could not be reached, this raises its error (the notification is then stored
         again, for all, when retried)."""
-        return _reached(self._placements(self._append_notif(
-            keys=[key for user in users for key in self._append_keys("notif", user)],
-            args=[self.config.store_max_entries, self._ttl_ms(), "", "notif", raw])))
+        return _reached(self._placements(self._script(
+            self._append_notif,
+            [key for user in users for key in self._append_keys("notif", user)],
+            [self.config.store_max_entries, self._ttl_ms(), "", "notif", raw])))
+
+    def _script(self, script: Batched, keys: list[str], args: list) -> Any:
+        """One call of a registered script (on a cluster, one per slot); on the lane when
+        there is one."""
+        if self._lane is None:
+            return script(keys=keys, args=args)
+        [answer] = self._lane.scripts(script, [(keys, args)])
+        if isinstance(answer, redis.ResponseError):
+            raise answer
+        return answer
+
+    def _commands(self, commands: list[Command]) -> list[Any]:
+        """Commands in one round trip, their replies in order; the first that failed
+        raises its error, as a pipeline's ``execute`` would."""
+        if not commands:
+            return []
+        if self._lane is not None:
+            answers = self._lane.execute(commands)
+        else:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                answers = pipe.execute(raise_on_error=False)
+        for answer in answers:
+            if isinstance(answer, redis.ResponseError):
+                raise answer
+        return answers
 
     def _append_keys(self, kind: str, user: str) -> tuple[str, str, str]:
         return self.key(user, kind), self.key(user, "on"), self.key(user, "sent")
@@ -312,8 +344,8 @@ class Store:
         for kind, user, after in reads:
             keys += (self.key(user, kind), self.key(user, "sent"))
             args += ("(" + after if after else oldest, kind)
-        return [_batch(reply) for reply in _reached(self._read(
-            keys=keys, args=[count, self._ttl_ms(), *args]))]
+        replies = _reached(self._script(self._read, keys, [count, self._ttl_ms(), *args]))
+        return [_batch(reply) for reply in replies]
 
     def login(self, user: str, presence: Presence, userinfo: bytes, seen: dict[str, str],
               reads: dict[str, str | None]) -> tuple[Presence | None,
@@ -341,7 +373,7 @@ class Store:
                 start = "" if kind not in login.reads else "(" + after if after else "-"
                 args += [trim, start]
         return [answer if isinstance(answer, redis.RedisError) else _logged_in(login, *answer)
-                for login, answer in zip(logins, self._login(keys=keys, args=args))]
+                for login, answer in zip(logins, self._script(self._login, keys, args))]
 
     def pending_counts(self, user: str) -> dict[str, int]:
         """Stored messages of each kind waiting for ``user``."""
@@ -406,16 +438,14 @@ class Store:
     def remove(self, acks: Iterable[tuple[str, str, Sequence[str]]]) -> None:
         """Remove exactly these messages (kind, user, ids); others, stored meanwhile, stay.
         One XDEL per stream, all in one round trip."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for kind, user, ids in acks:
-                pipe.xdel(self.key(user, kind), *ids)
-            pipe.execute()
+        self._commands([("XDEL", self.key(user, kind), *ids) for kind, user, ids in acks])
 
     def unbind(self, sockets: Sequence[tuple[str, str]]) -> int:
         """Forget each (user, sid), unless another socket has replaced that sid already.
         Returns how many users went offline."""
-        return sum(_reached(self._unbind(keys=[self.key(user, "on") for user, _ in sockets],
-                                         args=[sid for _, sid in sockets])))
+        return sum(_reached(self._script(self._unbind,
+                                         [self.key(user, "on") for user, _ in sockets],
+                                         [sid for _, sid in sockets])))
 
     def presence(self, user: str) -> Presence | None:
         """The user's socket, if their node's heartbeat is fresh."""
@@ -474,10 +504,6 @@ class Store:
         return self._publishes.call((channel, data))
 
     def _publish_all(self, messages: list[tuple[str, bytes | str]]) -> list[int]:
-        # Through execute_command: redis-py's cluster pipeline refuses publish().
         sharded = self._sharded_prefix
-        with self.redis.pipeline(transaction=False) as pipe:
-            for channel, data in messages:
-                pipe.execute_command("SPUBLISH" if sharded and channel.startswith(sharded)
-                                     else "PUBLISH", channel, data)
-            return pipe.execute()
+        return self._commands([("SPUBLISH" if sharded and channel.startswith(sharded)
+                                else "PUBLISH", channel, data) for channel, data in messages])

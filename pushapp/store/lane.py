@@ -1,0 +1,89 @@
+"""A connection of the store's own for the commands of a chat.
+
+A chat costs the worker three batches of Redis commands: the PUBLISH to the filter
+server, the script that stores it, the XDEL of its ack. Through redis-py each batch also
+pays a pool checkout (a lock, a poll of the socket for stray data, timing for its
+metrics), a pipeline object with its command stack, and the retry wrapper: together a
+tenth of a chat's CPU in the worker, whatever the batch's size. A ``Lane`` keeps one
+connection, packs a batch with redis-py's own packer (hiredis), sends it and reads the
+replies, nothing more. The batches come from one greenlet at a time (a collector's, the
+listener's); if another asks while the lane is busy, its batch runs the same way on a
+connection of the pool, so nobody waits behind anybody.
+
+On one server and on a Sentinel-managed master only: redis-py's connection class for a
+master the sentinels name finds the master as it connects and drops a connection to one
+that was demoted, which the lane inherits. A cluster routes each command by its slot, so
+the store keeps redis-py's cluster pipelines there.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from gevent.lock import Semaphore
+from redis.commands.core import Script
+
+Command = Sequence[Any]
+
+
+class Lane:
+    """Batches of commands on a connection kept for them (made by the client's pool, which
+    counts it among its own and drops it with the others after a fork), one batch at a
+    time."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._connection: redis.Connection | None = None
+        self._busy = Semaphore()
+
+    def execute(self, commands: Sequence[Command]) -> list[Any]:
+        """The reply of each command, in order; a command that fails answers its
+        ResponseError instead of raising. A connection that breaks raises its
+        ConnectionError or TimeoutError (the commands may or may not have run, as with a
+        pipeline) and is closed; the next batch connects again."""
+        if not self._busy.acquire(blocking=False):
+            connection = self._pool.get_connection()
+            try:
+                return _run(connection, commands)
+            finally:
+                self._pool.release(connection)
+        try:
+            if self._connection is None:
+                self._connection = self._pool.make_connection()
+            return _run(self._connection, commands)
+        finally:
+            self._busy.release()
+
+    def scripts(self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+                ) -> list[Any]:
+        """Run ``script`` once per (keys, args) of ``calls``, in one batch: EVALSHA, and for
+        those that Redis answers NOSCRIPT (a restarted or flushed Redis), the script
+        itself (EVAL, which Redis then keeps), so that none runs twice."""
+        answers = self.execute([("EVALSHA", script.sha, len(keys), *keys, *args)
+                                for keys, args in calls])
+        missing = [index for index, answer in enumerate(answers)
+                   if isinstance(answer, redis.exceptions.NoScriptError)]
+        if missing:
+            again = self.execute([("EVAL", script.script, len(calls[index][0]),
+                                   *calls[index][0], *calls[index][1]) for index in missing])
+            for index, answer in zip(missing, again):
+                answers[index] = answer
+        return answers
+
+
+def _run(connection: redis.Connection, commands: Sequence[Command]) -> list[Any]:
+    try:
+        # Connects if it is not: a Sentinel-managed connection finds the master here.
+        connection.connect()
+        connection.send_packed_command(connection.pack_commands(commands))
+        answers: list[Any] = []
+        for _ in commands:
+            try:
+                answers.append(connection.read_response())
+            except redis.ResponseError as exc:
+                answers.append(exc)
+        return answers
+    except BaseException:
+        connection.disconnect()
+        raise

@@ -1,0 +1,56 @@
+"""The store's own connection for a chat's commands (pushapp/store/lane.py), against a real
+Redis: what it answers, a script Redis has lost, a second batch while one is running, and
+a connection that breaks.
+"""
+from __future__ import annotations
+
+import pytest
+import redis
+
+from pushapp.store.lane import Lane
+from pushapp.store.store import Store
+from support import uid
+
+
+def test_replies_come_in_order_and_a_failed_command_answers_its_error(store: Store) -> None:
+    key = f"lane{uid()}"
+    lane = Lane(store.redis)
+    answers = lane.execute([("SET", key, "x"), ("XADD", key, "*", "m", "1"), ("GET", key)])
+    assert answers[0] == b"OK" and answers[2] == b"x"
+    assert isinstance(answers[1], redis.ResponseError) and "WRONGTYPE" in str(answers[1])
+
+
+def test_a_script_redis_lost_runs_once_after_script_flush(store: Store) -> None:
+    user = uid()
+    store.store_chats([(user, b'{"n":1}')])
+    store.redis.script_flush()
+    [placement] = store.store_chats([(user, b'{"n":2}')])
+    assert placement.id is not None
+    rows = store.redis.xrange(store.key(user, "chat"))
+    assert [fields[b"m"] for _, fields in rows] == [b'{"n":1}', b'{"n":2}']
+
+
+def test_a_batch_asked_while_the_lane_is_busy_runs_on_a_pool_connection(store: Store) -> None:
+    lane = Lane(store.redis)
+    [own] = lane.execute([("CLIENT", "ID")])
+    # As while another greenlet's batch is out (the tests run without gevent's patching,
+    # so a batch cannot be caught in flight): a blocking wait would never end here.
+    with lane._busy:
+        [other] = lane.execute([("CLIENT", "ID")])
+    assert other != own
+    assert lane.execute([("CLIENT", "ID")]) == [own]
+
+
+def test_a_broken_connection_raises_and_the_next_batch_connects_again(store: Store) -> None:
+    lane = Lane(store.redis)
+    name = f"lane{uid()}"
+    lane.execute([("CLIENT", "SETNAME", name)])
+    store.redis.client_kill_filter(_id=_client_id(store, name))
+    with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
+        lane.execute([("PING",)])
+    assert lane.execute([("PING",)]) == [b"PONG"]
+
+
+def _client_id(store: Store, name: str) -> int:
+    [found] = [client["id"] for client in store.redis.client_list() if client["name"] == name]
+    return int(found)
