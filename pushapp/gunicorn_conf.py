@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .config import Config, ConfigError, parse_redis_url
+from .config import Config, ConfigError
 from .ops.embedded_redis import EmbeddedRedis
 
 try:
@@ -25,12 +25,6 @@ try:
 except ConfigError as exc:
     # One line per problem and no traceback: nothing would be gained by starting workers.
     sys.exit("\n".join(f"pushapp: {problem}" for problem in exc.problems))
-if _config.redis_url and parse_redis_url(_config.redis_url).kind == "cluster":
-    # pushapp.store.redis_url connects to one; the store's scripts still batch the keys of
-    # several users, which a cluster refuses.
-    sys.exit("pushapp: REDIS_URL names a Redis Cluster: the gateway does not run on one "
-             "yet, only on one Redis server or a Sentinel-managed master "
-             "(docs/deployment.md)")
 _embedded = None
 _metrics_temp = None
 

@@ -19,6 +19,7 @@ from pushapp.config import Config
 from pushapp.ops.embedded_redis import EmbeddedRedis, free_port
 from pushapp.store.redis_url import connect
 from pushapp.store.store import Store
+from redis_servers import Cluster, redis_binary
 from support import JS_DIR, LACKING, Client, Gateway, Subscriber, uid
 
 SEED_CHANNELS = ("login_message_channel", "chat_filter_channel", "chat_message_history_channel",
@@ -39,6 +40,15 @@ def start_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A Redis Cluster of three masters with a replica each (tests/redis_servers.py), for
+    the tests of one module."""
+    started = Cluster(tmp_path_factory.mktemp("cluster"), redis_binary()).start()
+    yield started
+    started.stop()
 
 
 @pytest.fixture(scope="module")

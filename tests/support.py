@@ -171,6 +171,13 @@ class Gateway:
     def _limit_open_files(self) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
+    def is_ready(self) -> bool:
+        """Whether ``/health/ready`` answers 200 now."""
+        try:
+            return requests.get(self.url + "/health/ready", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
     def assert_unharmed(self) -> None:
         """The worker that started is still the one serving, and nothing raised in it."""
         assert self.wait_ready()["node"] == self.node, "the worker died and was replaced"

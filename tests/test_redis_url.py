@@ -15,7 +15,7 @@ from redis.cluster import RedisCluster
 from pushapp.config import Config, ConfigError, RedisTarget, parse_redis_url as parse
 from pushapp.ops.embedded_redis import EmbeddedRedis, find_binary
 from pushapp.store.redis_url import connect, sharded_pubsub
-from redis_servers import Cluster, Sentinels, Server, redis7_binary, redis_binary, version
+from redis_servers import Sentinels, Server, redis7_binary, redis_binary, version
 from support import ROOT, Mailbox, refused_start, uid, wait_for
 
 PASSWORD = "s3cret-Pw"
@@ -94,20 +94,6 @@ def test_check_config_and_gunicorn_refuse_a_wrong_url_at_start():
                              env=env, capture_output=True, text=True, timeout=30)
     assert (checked.returncode, checked.stdout, checked.stderr) == (1, "", line + "\n")
     assert refused_start(AUTH_MODE="insecure", REDIS_URL=url).splitlines() == [line]
-
-
-def test_the_gateway_says_it_does_not_run_on_a_cluster_yet():
-    said = refused_start(AUTH_MODE="insecure", REDIS_URL="redis+cluster://127.0.0.1:1")
-    assert said.splitlines() == ["pushapp: REDIS_URL names a Redis Cluster: the gateway does "
-                                 "not run on one yet, only on one Redis server or a "
-                                 "Sentinel-managed master (docs/deployment.md)"]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    started = Cluster(tmp_path_factory.mktemp("cluster"), redis_binary()).start()
-    yield started
-    started.stop()
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +184,8 @@ def test_every_pool_is_bounded_and_makes_callers_wait(kind, request):
 
 
 def test_cluster_refuses_options_redis_py_would_drop(cluster):
-    with pytest.raises(TypeError, match="RedisCluster does not take parser_class"):
-        connect(_config(cluster.url), 1, parser_class=object, client_name="listener")
+    with pytest.raises(TypeError, match="RedisCluster does not take retry_on_error"):
+        connect(_config(cluster.url), 1, retry_on_error=[], client_name="listener")
 
 
 def test_sharded_pubsub_is_said_by_the_servers_version(cluster, single):

@@ -8,19 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 import redis
-import requests
 
 from redis_servers import HOST, Sentinels, redis_binary
 from support import Gateway, uid, wait_for
 
 pytestmark = pytest.mark.fault
-
-
-def _ready(gateway: Gateway) -> bool:
-    try:
-        return requests.get(gateway.url + "/health/ready", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def test_the_gateway_follows_the_master_through_a_failover(tmp_path_factory):
@@ -45,13 +37,13 @@ def test_the_gateway_follows_the_master_through_a_failover(tmp_path_factory):
         assert gateway.redis.wait(1, 5000) == 1
 
         group.master.kill()
-        wait_for(lambda: not _ready(gateway), timeout=10,
+        wait_for(lambda: not gateway.is_ready(), timeout=10,
                  what="the gateway to say it is not ready while the master is gone")
         promoted = group.replica
         wait_for(lambda: promoted.info("replication")["role"] == "master", timeout=30,
                  what="the sentinels to promote the replica")
         gateway.redis = redis.Redis(HOST, promoted.port)
-        wait_for(lambda: _ready(gateway), timeout=30, what="the gateway ready on the new master")
+        wait_for(gateway.is_ready, timeout=30, what="the gateway ready on the new master")
 
         # The listener subscribed again, on the new master; the socket stayed connected.
         gateway.publish("notification", {"toWho": [user], "needStore": True, "n": 3})

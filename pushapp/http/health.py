@@ -24,14 +24,16 @@ def monitor() -> Response:
 
 @CATALOG.route(bp, "GET", "/health/ready", answers={200: Ready, 503: Ready}, public=True)
 def ready() -> tuple[Response, int]:
-    """Readiness: 200 once Redis answers, the listener is subscribed and a worker holds
-    the ingest lease; 503 with the reason otherwise, and from the moment the worker
-    begins to stop, so that a load balancer sends no one new to it."""
+    """Readiness: 200 once Redis answers (on a cluster, every master: one that is down
+    until its replica is promoted leaves some users unserved), the listener is subscribed
+    and a worker holds the ingest lease; 503 with the reason otherwise, and from the
+    moment the worker begins to stop, so that a load balancer sends no one new to it."""
     gateway = current_app.extensions["pushapp"]
     if gateway.drain.started:
         return jsonify(ready=False, reason="draining: this worker is stopping"), 503
     listener = gateway.listener
     try:
+        gateway.store.ping()
         is_ready = listener.ready()
     except Exception as exc:  # any Redis failure means not ready
         return jsonify(ready=False, reason=f"redis: {exc}"), 503

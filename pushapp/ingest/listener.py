@@ -163,8 +163,10 @@ class Listener:
     def _listen(self) -> None:
         backoff = 0.1
         while self._running:
-            subscription = Subscription(self._client)
+            subscription = None
             try:
+                subscription = Subscription(self._client, self.node_channel,
+                                            self.store.sharded)
                 subscription.subscribe(self.node_channel)
                 self.subscribed = True
                 metrics.LISTENER.set(1)
@@ -177,7 +179,8 @@ class Listener:
             finally:
                 self.subscribed = self.hearing = False
                 metrics.LISTENER.set(0)
-                subscription.close()
+                if subscription is not None:
+                    subscription.close()
             gevent.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
@@ -257,14 +260,15 @@ class Listener:
 
     def _store_chats(self, chats: list[tuple[str, bytes]]) -> None:
         """Store a run of chats heard together; a chat that failed alone (its stream key is
-        unusable) is retried alone."""
+        unusable, or on a cluster its master is down) is retried alone, the others stored
+        once."""
         if chats:
             self._attempt(self.config.channel_snschat, [raw for _, raw in chats],
                           self._store_run, chats)
 
     def _store_run(self, chats: list[tuple[str, bytes]]) -> None:
         for chat, placement in zip(chats, self.router.chats(chats)):
-            if isinstance(placement, redis.ResponseError):
+            if isinstance(placement, redis.RedisError):
                 self._attempt(self.config.channel_snschat, [chat[1]], self.router.chats, [chat])
 
     def _attempt(self, channel: str, data: list[bytes], action: Callable[..., Any],

@@ -49,18 +49,18 @@ class Router:
         """Whom a chat is for; raises PayloadError if it names no valid user."""
         return payloads.user_id(chat.get("to"), "to", self.config.max_user_id_length)
 
-    def chats(self, chats: list[tuple[str, bytes]]) -> list[Placement | redis.ResponseError]:
+    def chats(self, chats: list[tuple[str, bytes]]) -> list[Placement | redis.RedisError]:
         """Chats (recipient, raw) heard together: stored in order in one step, then handed
         to the nodes of their recipients, one signal per node. A chat whose stream cannot
-        be written (its key holds another type) fails alone, its error its answer; a lone
-        chat raises it."""
+        be written (its key holds another type, or on a cluster its master is down) fails
+        alone, its error its answer; a lone chat raises it."""
         placements = self.store.store_chats(chats)
-        if len(chats) == 1 and isinstance(placements[0], redis.ResponseError):
+        if len(chats) == 1 and isinstance(placements[0], redis.RedisError):
             raise placements[0]
         metrics.labelled(metrics.MESSAGES_IN, "chat").inc(len(chats))
         by_node: dict[str, list[Stored]] = defaultdict(list)
         for (to, raw), placement in zip(chats, placements):
-            if isinstance(placement, redis.ResponseError):
+            if isinstance(placement, redis.RedisError):
                 continue
             if placement.node is None:
                 self.delivery.push(to)

@@ -3,7 +3,8 @@ every one.
 
 A worker that stores a message, or logs a user in, tells the worker holding the user's
 socket over that worker's own channel, ``<prefix>node:<node>`` (a signal for itself is
-handed over without Redis). A signal is a JSON object whose ``k`` says what it is:
+handed over without Redis; on a Redis Cluster of Redis 7 the store sends it with SPUBLISH,
+to that channel's shard only). A signal is a JSON object whose ``k`` says what it is:
 
 - ``"kick"``: a newer login replaced socket ``s`` of user ``u``; ``l``: it was another
   device (the socket is told to log out).

@@ -9,6 +9,10 @@ every stream and mark, keeping their ids and expiry; others wait for it. A strea
 written under its new name (by a worker of a host upgraded first) gets the old entries
 appended with new ids. Presences are dropped: an upgrade restarts every worker, so every
 client logs in again.
+
+On a Redis Cluster the scan walks every master (redis-py's ``scan_iter``) and finds
+nothing to move: layout 1 never ran on a cluster (a move takes two slots, which a cluster
+would refuse), so only the layout mark is written.
 """
 from __future__ import annotations
 

@@ -32,7 +32,9 @@ def connect(config: Config, size: int | None = None,
     ``size``) and make a caller wait up to ``REDIS_POOL_TIMEOUT`` for a free connection
     instead of failing (redis-py's default pools raise once theirs are busy); ``options``
     go to each connection. A cluster client keeps such a pool per node, and asks the seeds
-    for the slots at once, raising if none answers (the others connect at first use)."""
+    for the slots at once, raising if none answers (the others connect at first use); the
+    options it has no name for, ``parser_class`` and ``health_check_interval``, reach
+    each node's connections through their class."""
     import redis
 
     from ..config import parse_redis_url
@@ -49,26 +51,46 @@ def connect(config: Config, size: int | None = None,
     return redis.Redis(connection_pool=pool)
 
 
+# Options of a connection that RedisCluster would drop: each node's connections get them
+# through a connection class of their own.
+_PER_CONNECTION = ("parser_class", "health_check_interval")
+
+
 def _cluster(target: RedisTarget, bounds: dict[str, Any],
              options: dict[str, Any]) -> RedisCluster:
     import redis
     from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
 
+    options = dict(options)
+    # Idle connections are checked (a PING before use after 30 s), as with one server; the
+    # listener's pub/sub connection pings as often.
+    preset = {"health_check_interval": 30,
+              **{name: options.pop(name) for name in _PER_CONNECTION if name in options}}
     # RedisCluster drops the options it does not know without a word: say so instead.
-    # health_check_interval is one of them; a node's broken connection fails its command,
-    # and the client then asks the cluster where the slots are.
     dropped = sorted(set(options) - set(REDIS_ALLOWED_KEYS))
     if dropped:
         raise TypeError(f"redis-py's RedisCluster does not take {', '.join(dropped)}")
     (host, port), *seeds = target.nodes
     host = f"[{host}]" if ":" in host else host
     # redis-py 8.1 builds each node's pool with connection_pool_class only for a client
-    # made from a URL; the other seeds are added to the one the URL names.
-    return RedisCluster(url=f"{'rediss' if target.tls else 'redis'}://{host}:{port}",
+    # made from a URL; the other seeds are added to the one the URL names. A rediss://
+    # URL would set the connection class itself: TLS comes with the class instead.
+    base = redis.SSLConnection if target.tls else redis.Connection
+    return RedisCluster(url=f"redis://{host}:{port}",
                         startup_nodes=[ClusterNode(*seed) for seed in seeds],
                         connection_pool_class=redis.BlockingConnectionPool,
+                        connection_class=_connection_class(base, preset),
                         username=target.username, password=target.password,
                         **bounds, **options)
+
+
+def _connection_class(base: type, preset: dict[str, Any]) -> type:
+    """``base`` (redis-py's Connection or SSLConnection) made with ``preset`` options."""
+    def __init__(self: Any, **kwargs: Any) -> None:
+        base.__init__(self, **{**kwargs, **preset})
+
+    return type(f"Preset{base.__name__}", (base,), {"__init__": __init__,
+                                                    "__module__": __name__})
 
 
 def _sentinel(target: RedisTarget, bounds: dict[str, Any],

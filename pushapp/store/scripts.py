@@ -114,12 +114,14 @@ return out
 """
 
 # KEYS: presence per socket. ARGV: sid per socket. Drops each presence that is still that
-# socket's (a newer login may have replaced it). Answers how many were dropped.
+# socket's (a newer login may have replaced it). Answers per socket 1 if it was dropped,
+# else 0.
 UNBIND = """
-local gone = 0
+local gone = {}
 for i = 1, #KEYS do
+  gone[i] = 0
   if redis.call('HGET', KEYS[i], 'sid') == ARGV[i] then
-    gone = gone + redis.call('DEL', KEYS[i])
+    gone[i] = redis.call('DEL', KEYS[i])
   end
 end
 return gone

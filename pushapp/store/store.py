@@ -22,6 +22,7 @@ are moved into this one at start (``pushapp.store.migration``).
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -29,7 +30,7 @@ from typing import Any, NamedTuple
 
 import redis
 from gevent.lock import Semaphore
-from redis.commands.core import Script
+from redis.cluster import RedisCluster
 
 from ..config import Config
 from ..kinds import KEY_PARTS
@@ -37,6 +38,10 @@ from . import scripts
 from .batching import Collector
 from .idempotency_records import IdempotencyRecords
 from .lane import Command, Lane
+from .redis_url import sharded_pubsub
+from .slots import Batched, batched
+
+log = logging.getLogger(__name__)
 
 _PRESENCE_FIELDS = ("node", "sid", "device", "since")
 
@@ -165,6 +170,25 @@ def _batch(reply: list) -> Batch | redis.ResponseError:
                   for msg_id, fields in rows], resent)
 
 
+def _reached(answers: list) -> list:
+    """``answers`` of a batched script, unless one is the error of a cluster's slot whose
+    call failed (its master unreachable, CLUSTERDOWN, …): then that error, raised. An
+    item's own error, such as a stream key holding another type, is a plain
+    ResponseError, and stays in its place."""
+    for answer in answers:
+        if isinstance(answer, redis.RedisError) and type(answer) is not redis.ResponseError:
+            raise answer
+    return answers
+
+
+def _logged_in(login: _Login, old: list, replies: list
+               ) -> tuple[Presence | None, dict[str, Batch | redis.ResponseError]]:
+    """The login script's answer for ``login``: the presence it replaced, and the batches
+    of the kinds it read."""
+    return Presence.decode(old), {kind: _batch(reply) for kind, reply in zip(KEY_PARTS, replies)
+                                  if kind in login.reads}
+
+
 def _next_id(msg_id: str) -> str:
     """The smallest stream id after ``msg_id``: MINID of a trim that removes it too."""
     ms, seq = stream_id(msg_id)
@@ -183,18 +207,43 @@ class Store:
         self.liveness = Liveness(client, self.nodes_key)
         # A chat's commands (pushapp.store.lane); a cluster client routes them itself.
         self._lane = Lane(client) if isinstance(client, redis.Redis) else None
-        self._append = client.register_script(scripts.APPEND)
-        self._read = client.register_script(scripts.READ)
-        self._login = client.register_script(scripts.LOGIN)
-        self._unbind = client.register_script(scripts.UNBIND)
+        # The batched scripts, split by slot on a cluster (pushapp.store.slots): per item
+        # its keys, and the args shared by all before those of each item.
+        self._append_chats = batched(client, scripts.APPEND, 3, 4, 1)
+        self._append_notif = batched(client, scripts.APPEND, 3, 5, 0)
+        self._read = batched(client, scripts.READ, 2, 2, 2)
+        self._login = batched(client, scripts.LOGIN, 4, 3, 9)
+        self._unbind = batched(client, scripts.UNBIND, 1, 0, 1)
+        self.sharded = self._signals_sharded(client)
+        # The channels of the workers' signals (pushapp.sockets.signals): published with
+        # SPUBLISH when sharded, so that each goes only to its shard.
+        self._sharded_prefix = config.key("node", "") if self.sharded else None
         self._hold_lease = client.register_script(scripts.HOLD_LEASE)
         self._drop_lease = client.register_script(scripts.DROP_LEASE)
         self._publishes: Collector[tuple[str, bytes | str], int] = Collector(self._publish_all)
         self._logins = Collector(self._login_all, limit=200)
 
+    @staticmethod
+    def _signals_sharded(client: redis.Redis | RedisCluster) -> bool:
+        """Whether the signals between workers go over sharded pub/sub: on a cluster whose
+        masters all have it (Redis 7), so that a signal reaches only the shard of its
+        channel rather than every node. Chosen once, at start, and said in the log."""
+        if not isinstance(client, RedisCluster):
+            return False
+        sharded = sharded_pubsub(client)
+        log.info("Redis Cluster: signals between workers over %s", "sharded pub/sub "
+                 "(SPUBLISH, SSUBSCRIBE)" if sharded else "plain pub/sub (a master is older "
+                 "than Redis 7.0)")
+        return sharded
+
     def ping(self) -> None:
-        """One round trip to Redis, for a health check; raises RedisError if it fails."""
-        self.redis.ping()
+        """One round trip to Redis (on a cluster, to every master: a master that is down
+        until its replica is promoted leaves some users' keys unwritable), for a health
+        check; raises RedisError if it fails."""
+        if isinstance(self.redis, RedisCluster):
+            self.redis.ping(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            self.redis.ping()
 
     def idempotency_records(self) -> IdempotencyRecords:
         """The HTTP API's ``Idempotency-Key`` records, on this store's client."""
@@ -211,11 +260,11 @@ class Store:
     def _ttl_ms(self) -> int:
         return self.config.store_max_age * 1000
 
-    def _placements(self, flat: list) -> list[Placement | redis.ResponseError]:
+    def _placements(self, flat: list) -> list[Placement | redis.RedisError]:
         """The append script's answers, with the nodes that are not alive dropped."""
-        out: list[Placement | redis.ResponseError] = []
+        out: list[Placement | redis.RedisError] = []
         for answer in flat:
-            if isinstance(answer, redis.ResponseError):
+            if isinstance(answer, redis.RedisError):
                 out.append(answer)
                 continue
             msg_id, prev, node = answer
@@ -225,25 +274,31 @@ class Store:
         return out
 
     def store_chats(self, chats: Sequence[tuple[str, bytes]]
-                    ) -> list[Placement | redis.ResponseError]:
+                    ) -> list[Placement | redis.RedisError]:
         """Store each (user, chat) in order, publish it to the archive channel, and say
-        where its user is, all in one step. A chat whose stream key holds another type
-        answers that error, alone."""
+        where its user is, all in one step (on a cluster, one per slot). A chat whose
+        stream key holds another type answers that error, alone; on a cluster, so do the
+        chats of a slot whose master could not be reached, the others being stored."""
         return self._placements(self._script(
-            self._append,
+            self._append_chats,
             [key for user, _ in chats for key in self._append_keys("chat", user)],
             [self.config.store_max_entries, self._ttl_ms(), self.config.channel_chat_history,
              "chat", *(raw for _, raw in chats)]))
 
     def store_notification(self, users: Sequence[str], raw: bytes
-                           ) -> list[Placement | redis.ResponseError]:
-        """Store a notification for each user and say where each user is."""
-        return self._placements(self._script(
-            self._append, [key for user in users for key in self._append_keys("notif", user)],
-            [self.config.store_max_entries, self._ttl_ms(), "", "notif", raw]))
+                           ) -> list[Placement | redis.RedisError]:
+        """Store a notification for each user and say where each user is. A user whose
+        stream key holds another type answers that error; if a master of the cluster
+        could not be reached, this raises its error (the notification is then stored
+        again, for all, when retried)."""
+        return _reached(self._placements(self._script(
+            self._append_notif,
+            [key for user in users for key in self._append_keys("notif", user)],
+            [self.config.store_max_entries, self._ttl_ms(), "", "notif", raw])))
 
-    def _script(self, script: Script, keys: list[str], args: list) -> Any:
-        """One call of a registered script; on the lane when there is one."""
+    def _script(self, script: Batched, keys: list[str], args: list) -> Any:
+        """One call of a registered script (on a cluster, one per slot); on the lane when
+        there is one."""
         if self._lane is None:
             return script(keys=keys, args=args)
         [answer] = self._lane.scripts(script, [(keys, args)])
@@ -289,7 +344,7 @@ class Store:
         for kind, user, after in reads:
             keys += (self.key(user, kind), self.key(user, "sent"))
             args += ("(" + after if after else oldest, kind)
-        replies = self._script(self._read, keys, [count, self._ttl_ms(), *args])
+        replies = _reached(self._script(self._read, keys, [count, self._ttl_ms(), *args]))
         return [_batch(reply) for reply in replies]
 
     def login(self, user: str, presence: Presence, userinfo: bytes, seen: dict[str, str],
@@ -317,9 +372,8 @@ class Store:
                 after = login.reads.get(kind, "")
                 start = "" if kind not in login.reads else "(" + after if after else "-"
                 args += [trim, start]
-        return [(Presence.decode(old), {kind: _batch(reply) for kind, reply
-                                         in zip(KEY_PARTS, replies) if kind in login.reads})
-                for login, (old, replies) in zip(logins, self._script(self._login, keys, args))]
+        return [answer if isinstance(answer, redis.RedisError) else _logged_in(login, *answer)
+                for login, answer in zip(logins, self._script(self._login, keys, args))]
 
     def pending_counts(self, user: str) -> dict[str, int]:
         """Stored messages of each kind waiting for ``user``."""
@@ -389,8 +443,9 @@ class Store:
     def unbind(self, sockets: Sequence[tuple[str, str]]) -> int:
         """Forget each (user, sid), unless another socket has replaced that sid already.
         Returns how many users went offline."""
-        return self._script(self._unbind, [self.key(user, "on") for user, _ in sockets],
-                            [sid for _, sid in sockets])
+        return sum(_reached(self._script(self._unbind,
+                                         [self.key(user, "on") for user, _ in sockets],
+                                         [sid for _, sid in sockets])))
 
     def presence(self, user: str) -> Presence | None:
         """The user's socket, if their node's heartbeat is fresh."""
@@ -455,4 +510,6 @@ class Store:
         self._publishes.then((channel, data), done)
 
     def _publish_all(self, messages: list[tuple[str, bytes | str]]) -> list[int]:
-        return self._commands([("PUBLISH", channel, data) for channel, data in messages])
+        sharded = self._sharded_prefix
+        return self._commands([("SPUBLISH" if sharded and channel.startswith(sharded)
+                                else "PUBLISH", channel, data) for channel, data in messages])

@@ -9,19 +9,39 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from .capped import Oversized
 
 
 class Subscription:
     """One pub/sub connection: channels joined and left, and messages read as they come.
-    Subscribe and unsubscribe confirmations are not messages here."""
+    Subscribe and unsubscribe confirmations are not messages here.
 
-    def __init__(self, client: redis.Redis) -> None:
+    ``own`` is this node's signal channel. With ``sharded`` (a cluster whose masters all
+    have Redis 7) it is joined with SSUBSCRIBE, the others with SUBSCRIBE. On a cluster
+    the one connection goes to the master of ``own``'s slot: it hears every plain channel
+    (a cluster forwards each PUBLISH to every node) and ``own``'s shard, so that one
+    reader serves both, without pause. The slots are asked for at each new subscription:
+    after a failover, that master is the promoted replica."""
+
+    def __init__(self, client: redis.Redis | RedisCluster, own: str, sharded: bool) -> None:
+        if isinstance(client, RedisCluster):
+            try:
+                client.nodes_manager.initialize()
+                client = client.get_redis_connection(client.get_node_from_key(own))
+            except RedisClusterException as exc:  # no node answered, or a slot has none
+                raise redis.ConnectionError(str(exc)) from exc
+        self._sharded = own if sharded else None
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
 
     def subscribe(self, *channels: str) -> None:
-        self._pubsub.subscribe(*channels)
+        plain = [channel for channel in channels if channel != self._sharded]
+        if plain:
+            self._pubsub.subscribe(*plain)
+        if len(plain) < len(channels):
+            self._pubsub.ssubscribe(self._sharded)
 
     def unsubscribe(self, *channels: str) -> None:
         self._pubsub.unsubscribe(*channels)
