@@ -6,7 +6,7 @@ import logging
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..ops import backlog, metrics
+from ..ops import backlog
 from . import api, api_keys
 from .openapi import CATALOG, TEXT
 from .schemas import Ready
