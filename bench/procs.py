@@ -1,13 +1,15 @@
-"""The processes a benchmark runs and watches: Redis, a gateway (under gunicorn, or the
-Node baseline), the filter server, py-spy; and what /proc says about each (RSS, CPU
-seconds, open files)."""
+"""The processes a benchmark runs and watches: Redis (one server, or a Redis Cluster), a
+gateway (under gunicorn, or the Node baseline), the filter server, py-spy; and what /proc
+says about each (RSS, CPU seconds, open files)."""
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ from typing import NamedTuple
 
 import redis
 
-from pushapp.ops.embedded_redis import free_port
+from pushapp.ops.embedded_redis import PUBSUB_BUFFER_LIMIT, find_binary, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_SEED = ROOT / "bench" / "node_seed"
@@ -214,3 +216,123 @@ def filter_server(redis_url: str, limit_s: float) -> None:
             pipe.publish("snschat", message["data"])
             message = next_message(0)
         pipe.execute()
+
+
+def cluster_binary() -> str:
+    """The redis-server a bench cluster runs, picked as tests/redis_servers.py picks it:
+    ``$REDIS_SERVER_BIN`` if set, else the system's when it is 7.0 or newer (sharded
+    pub/sub), else the embedded Redis's (6.2: the signals go over plain pub/sub)."""
+    if os.environ.get("REDIS_SERVER_BIN"):
+        return os.environ["REDIS_SERVER_BIN"]
+    system = shutil.which("redis-server")
+    if system:
+        said = subprocess.run([system, "--version"], capture_output=True, text=True).stdout
+        found = re.search(r"v=(\d+)\.(\d+)", said)
+        if found and (int(found[1]), int(found[2])) >= (7, 0):
+            return system
+    return find_binary()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10000 higher) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 < 65536:
+            try:
+                with socket.socket() as bus:
+                    bus.bind(("127.0.0.1", port + 10000))
+                return port
+            except OSError:
+                pass
+
+
+class RedisCluster:
+    """A Redis Cluster of ``masters`` masters and no replicas on loopback ports, each
+    persisting as the single bench Redis does (AOF, fsync every second) in a folder of
+    its own, formed with CLUSTER MEET and ADDSLOTS (an equal share of the 16384 slots
+    each), as ``redis-cli --cluster create`` does. The same interface as
+    ``EmbeddedRedis`` where the runner uses it: ``url``, ``start``, ``stop``; and the
+    masters' ``pids`` and plain ``node_urls``."""
+
+    SLOTS = 16384
+
+    def __init__(self, data_dir: Path, masters: int = 3) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.binary = cluster_binary()
+        self.ports = [_cluster_port() for _ in range(masters)]
+        self.processes: list[subprocess.Popen] = []
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    @property
+    def node_urls(self) -> list[str]:
+        return [f"redis://127.0.0.1:{port}/0" for port in self.ports]
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+    def start(self, timeout: float = 30.0) -> None:
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> None:
+        for index, port in enumerate(self.ports):
+            folder = self.data_dir / f"node-{index}"
+            folder.mkdir(parents=True, exist_ok=True)
+            self.processes.append(subprocess.Popen(
+                [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+                 "--logfile", str(folder / "redis.log"), "--daemonize", "no",
+                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                 "--client-output-buffer-limit", *PUBSUB_BUFFER_LIMIT.split(),
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-node-timeout", "5000"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True))
+        clients = [redis.Redis("127.0.0.1", port, socket_timeout=5, decode_responses=True)
+                   for port in self.ports]
+        deadline = time.monotonic() + timeout
+
+        def wait(check, what: str) -> None:
+            while not check():
+                for process in self.processes:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"a cluster redis-server exited with "
+                                           f"{process.returncode}; see {self.data_dir}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Redis Cluster: no {what} within {timeout}s")
+                time.sleep(0.05)
+
+        def answers() -> bool:
+            try:
+                return all(client.ping() for client in clients)
+            except redis.ConnectionError:
+                return False
+
+        wait(answers, "answer from every node")
+        for port in self.ports[1:]:
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+        share = self.SLOTS // len(clients)
+        for index, client in enumerate(clients):
+            last = self.SLOTS if index == len(clients) - 1 else (index + 1) * share
+            client.execute_command("CLUSTER", "ADDSLOTS", *range(index * share, last))
+        wait(lambda: all("cluster_state:ok" in client.execute_command("CLUSTER", "INFO")
+                         for client in clients), "cluster_state:ok on every node")
+        for client in clients:
+            client.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to each node (it flushes its AOF), SIGKILL to one that lingers."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
