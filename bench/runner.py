@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import re
 import signal
 import statistics
 import tempfile
@@ -40,24 +41,32 @@ FULL = Settings(connections=19_500, processes=4, login_window=100, idle_s=10,
 # metrics shown, each with True when higher is better.
 METRICS = {
     "capacity": [("connected", True), ("logins_rejected", False), ("logins_per_s", True),
-                 ("worker_ms_per_login", False),
+                 ("worker_ms_per_login", False), ("redis_us_per_login", False),
                  ("kb_per_connection", False), ("idle_worker_cpu_pct", False)],
     "hold": [("held", True), ("rss_max_mb", False), ("worker_cpu_pct", False)],
     "hb": [("acks_per_s", True), ("worker_us_per_ack", False), ("ack_p99_ms", False)],
     "chat_acks": [("acks_per_s", True), ("worker_us_per_ack", False),
                   ("deliveries_per_s", True)],
     "fanout": [("deliveries_per_s", True), ("worker_us_per_delivery", False),
-               ("p50_ms", False), ("p99_ms", False)],
+               ("p50_ms", False), ("p99_ms", False), ("redis_us_per_delivery", False),
+               ("reads_per_notification", False), ("commands_per_notification", False),
+               ("evalsha_per_notification", False)],
     "chat": [("messages_per_s", True), ("p50_ms", False), ("p99_ms", False),
-             ("rejected", False), ("undelivered", False), ("worker_us_per_message", False)],
+             ("rejected", False), ("undelivered", False), ("worker_us_per_message", False),
+             ("redis_us_per_message", False), ("reads_per_message", False),
+             ("commands_per_message", False), ("evalsha_per_message", False)],
     "disconnect": [("cleanup_s", False), ("worker_cpu_s", False)],
     "memory_return": [("rss_after_mb", False), ("returned_pct", True)],
     "storm": [("logins_rejected", False), ("all_logged_in_s", False),
               ("all_delivered_s", False), ("undelivered", False)],
     "pingpong": [("chats_per_s", True), ("p50_ms", False), ("p99_ms", False),
                  ("worker_us_per_chat", False), ("redis_us_per_chat", False),
-                 ("lost", False), ("duplicates", False)],
+                 ("lost", False), ("duplicates", False), ("reads_per_chat", False),
+                 ("commands_per_chat", False), ("evalsha_per_chat", False)],
 }
+# Per Redis master (m0_, m1_, …: --redis cluster), every figure a scenario gives, shown
+# when some column ran on more than one master.
+PER_MASTER = re.compile(r"m(\d+)_")
 KINDS = {"fanout_stored": "fanout", "chat_direct": "chat"}
 
 
@@ -66,7 +75,7 @@ def _kind(scenario: str) -> str:
     return KINDS.get(base, base)
 
 
-def _options() -> argparse.Namespace:
+def _options(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="a short run (about 3 minutes): 1,500 connections, 1-3 s phases")
@@ -88,7 +97,34 @@ def _options() -> argparse.Namespace:
     parser.add_argument("--profile", metavar="DIR",
                         help="record py-spy profiles of the worker per scenario into DIR")
     parser.add_argument("--json", metavar="FILE", help="also append every JSON line to FILE")
-    return parser.parse_args()
+    parser.add_argument("--redis", default="single", type=_redis_modes,
+                        help="comma-separated, from: " + ", ".join(REDIS_MODES)
+                        + "; each is a column of the table (pushapp only on a cluster)")
+    return parser.parse_args(argv)
+
+
+# What each target runs on (--redis): one Redis on a unix socket, the default; one Redis
+# on a loopback port, as a cluster's nodes are; a Redis Cluster of three masters.
+REDIS_MODES = ("single", "tcp", "cluster")
+
+
+def _redis_modes(value: str) -> list[str]:
+    modes = [mode for mode in value.split(",") if mode]
+    unknown = [mode for mode in modes if mode not in REDIS_MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"--redis takes {', '.join(REDIS_MODES)}, "
+                                         f"not {value!r}")
+    return modes
+
+
+def columns(targets: list[str], modes: list[str]) -> list[tuple[str, str, str]]:
+    """(target, redis mode, column name) for each target on each mode: the target's name
+    alone on one Redis over a unix socket, else ``target/mode``. The baselines keep their
+    data in keys of several users per command, which a cluster refuses: only pushapp runs
+    on one."""
+    return [(target, mode, target if mode == "single" else f"{target}/{mode}")
+            for target in targets for mode in modes
+            if mode != "cluster" or target == "pushapp"]
 
 
 def _settings(opts: argparse.Namespace) -> Settings:
@@ -135,6 +171,15 @@ def table(lines: list[dict], targets: list[str]) -> str:
             cells = [f"{statistics.median(m):g}" if m else "-" for m in medians]
             gains = [_gain(medians[0], other, higher) for other in medians[1:]]
             rows.append((scenario, metric, *cells, *gains))
+        per_master = sorted({(int(found[1]), metric) for (name, metric, _) in values
+                             if name == scenario and (found := PER_MASTER.match(metric))})
+        if any(index > 0 for index, _ in per_master):
+            for _, metric in per_master:
+                medians = [values.get((scenario, metric, t)) for t in targets]
+                cells = [f"{statistics.median(m):g}" if m else "-" for m in medians]
+                gains = ["-" if metric.endswith("_share_pct") else _gain(medians[0], other, False)
+                         for other in medians[1:]]
+                rows.append((scenario, metric, *cells, *gains))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths))
                      for row in rows)
@@ -148,10 +193,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on_term)
     opts = _options()
     settings = _settings(opts)
-    targets = [t for t in opts.targets.split(",") if t]
+    runs = columns([t for t in opts.targets.split(",") if t], opts.redis)
+    targets = [name for _, _, name in runs]
+    if not runs:
+        raise SystemExit("bench/run: nothing to run (on a cluster only pushapp runs)")
     scenarios = set(opts.scenarios.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="pushapp-bench-"))
-    if "node" in targets:
+    if any(target == "node" for target, _, _ in runs):
         procs.node_packages(procs.NODE_SEED)
     if "pingpong" in scenarios:
         procs.node_packages(NODE_AGENT)
@@ -168,8 +216,10 @@ def main() -> None:
     started = time.monotonic()
     lines: list[dict] = []
     for round_no in range(opts.repeat):
-        for target in targets:
-            lines += run_target(target, settings, workdir / f"round{round_no}", emit, scenarios)
+        for target, mode, name in runs:
+            for line in run_target(target, settings, workdir / f"round{round_no}", emit,
+                                   scenarios, mode):
+                lines.append({**line, "target": name})
     print(f"\n{table(lines, targets)}\n\n# {time.monotonic() - started:.0f} s, "
           f"{opts.repeat} round(s); gain/X: how many times better {targets[0]}'s figure is "
           f"than X's", flush=True)

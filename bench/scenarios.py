@@ -23,7 +23,7 @@ import jwt
 import orjson
 import redis
 
-from pushapp.ops.embedded_redis import EmbeddedRedis
+from pushapp.ops.embedded_redis import EmbeddedRedis, free_port
 
 from . import procs
 from .loadgen import LoadGen
@@ -68,14 +68,41 @@ def _per_s(count: float, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else 0.0
 
 
+def _master_stats(client: redis.Redis) -> dict:
+    """What one redis-server says it did so far: socket reads served (a pipeline usually
+    arrives in one), commands run, and calls and µs per command (INFO commandstats)."""
+    commands = client.info("commandstats")
+    stats = client.info("stats")
+    return {"reads": stats["total_reads_processed"],
+            "commands": stats["total_commands_processed"],
+            "per_command": {name.removeprefix("cmdstat_"): (row["calls"], row["usec"])
+                            for name, row in commands.items()}}
+
+
+def _master_delta(before: dict, after: dict) -> dict:
+    """``_master_stats`` between two readings, less the bench's own INFO (the first
+    reading's second INFO, one read and one command, is counted by the second)."""
+    per_command = {}
+    for name, (calls, usec) in after["per_command"].items():
+        was_calls, was_usec = before["per_command"].get(name, (0, 0))
+        if calls > was_calls:
+            per_command[name] = {"calls": calls - was_calls, "usec": usec - was_usec}
+    return {"reads": after["reads"] - before["reads"] - 1,
+            "commands": after["commands"] - before["commands"] - 1,
+            "per_command": per_command}
+
+
 class Window:
-    """CPU each process used, and the gateway worker's memory, between start and stop."""
+    """CPU each process used, and the gateway worker's memory, between start and stop;
+    and per Redis master (one on a single server), its CPU and what it served."""
 
     def __init__(self, run: "Run") -> None:
         self.run = run
         self.started = time.time()
         self.worker = procs.sample(run.gateway.worker)
         self.cpu = {name: sum(map(procs.cpu_seconds, pids)) for name, pids in run.pids().items()}
+        self.masters_cpu = [procs.cpu_seconds(pid) for pid in run.redis_pids]
+        self.masters = [_master_stats(client) for client in run.masters]
 
     def stop(self, ops: float = 0) -> dict:
         """Wall time, CPU % of a core per process and (given ``ops``) µs of CPU per op of
@@ -93,6 +120,13 @@ class Window:
             out["worker_us_per_op"] = round(1e6 * used["worker"] / ops, 1)
             out["redis_us_per_op"] = round(1e6 * used["redis"] / ops, 1)
         out["worker_rss_mb"] = round(worker.rss_kb / 1024, 1)
+        cpu = [procs.cpu_seconds(pid) - was
+               for pid, was in zip(self.run.redis_pids, self.masters_cpu)]
+        out["masters"] = [{"port": client.connection_pool.connection_kwargs.get("port"),
+                           "cpu_s": round(seconds, 3),
+                           "share_pct": round(100 * seconds / sum(cpu), 1) if sum(cpu) else 0.0,
+                           **_master_delta(before, _master_stats(client))}
+                          for client, seconds, before in zip(self.run.masters, cpu, self.masters)]
         return out
 
 
@@ -105,8 +139,10 @@ class Run:
     socket.io-client) and the filter server; a context manager that stops them all."""
 
     def __init__(self, target: str, settings: Settings, workdir: Path, emit: Callable[[dict], None],
-                 command: str, agent: str = "python", **env: str) -> None:
+                 command: str, agent: str = "python", redis_mode: str = "single",
+                 **env: str) -> None:
         self.target = target
+        self.redis_mode = redis_mode
         self.settings = settings
         self.emit_line = emit
         self.command = command
@@ -120,14 +156,32 @@ class Run:
         if self.jwt_secret:
             env = {"JWT_SECRET": self.jwt_secret, "RATE_LIMIT": "1000000",
                    "RATE_BURST": "1000000", "MAX_HANDSHAKES_PER_IP": "1000000", **env}
-        self.redis_server = EmbeddedRedis(workdir / f"redis-{name}")
-        self.redis_server.start()
-        self.redis = redis.Redis.from_url(self.redis_server.url)
+        # One Redis (on a unix socket as bin/serve runs it, or "tcp": on a loopback port,
+        # as a cluster's nodes are), or a Redis Cluster of three masters.
+        if redis_mode == "cluster":
+            name += "-cluster"
+            self.redis_server = procs.RedisCluster(workdir / f"redis-{name}")
+            self.redis_server.start()
+            node_urls = self.redis_server.node_urls
+            self.redis_pids = self.redis_server.pids
+        else:
+            port = free_port() if redis_mode == "tcp" else None
+            name += "-tcp" if port else ""
+            self.redis_server = EmbeddedRedis(workdir / f"redis-{name}", port=port)
+            self.redis_server.start()
+            node_urls = [self.redis_server.url]
+            self.redis_pids = [self.redis_server.process.pid]
+        # A plain client of each master. The publisher (the business server) and the
+        # filter server use the first: a cluster forwards every PUBLISH to every node, and
+        # a SUBSCRIBE on any node hears them all.
+        self.masters = [redis.Redis.from_url(url) for url in node_urls]
+        self.redis = self.masters[0]
+        self.published = (0, 0)  # the publisher's pipelines and PUBLISHes, last phase
         self.gateway = GATEWAYS[target](self.redis_server.url, workdir / f"{name}.log", **env)
         self.gateway.start()
         self.loadgen = LoadGen("127.0.0.1", self.gateway.port, settings.processes, agent)
         self.filter = multiprocessing.get_context("spawn").Process(
-            target=procs.filter_server, args=(self.redis_server.url, 3600), daemon=True)
+            target=procs.filter_server, args=(node_urls[0], 3600), daemon=True)
         self.filter.start()
         self.rss_start_kb = procs.sample(self.gateway.worker).rss_kb
         self.rss_peak_kb = self.rss_start_kb
@@ -152,12 +206,13 @@ class Run:
         return self.loadgen.connect(users, window, timeout, peers, tokens)
 
     def pids(self) -> dict[str, list[int]]:
-        return {"worker": [self.gateway.worker], "redis": [self.redis_server.process.pid],
+        return {"worker": [self.gateway.worker], "redis": self.redis_pids,
                 "loadgen": self.loadgen.pids, "filter": [self.filter.pid]}
 
     def report(self, scenario: str, params: dict, results: dict) -> dict:
         """Print the scenario's JSON line and return its results."""
-        line = {"scenario": scenario, "target": self.target, "params": params,
+        line = {"scenario": scenario, "target": self.target, "redis": self.redis_mode,
+                "params": params,
                 "results": results, "command": self.command, "gateway": self.gateway.command,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.emit_line(line)
@@ -223,7 +278,7 @@ class Run:
                       make: Callable[[int], tuple[str, bytes]]) -> int:
         """Publish ``make(k)`` messages at ``per_s`` for ``duration``, one pipeline a tick."""
         start = time.time()
-        sent = 0
+        sent = pipelines = 0
         while (elapsed := time.time() - start) < duration:
             due = int(per_s * elapsed) - sent
             if due > 0:
@@ -232,8 +287,45 @@ class Run:
                     pipe.publish(*make(k))
                 pipe.execute()
                 sent += due
+                pipelines += 1
             time.sleep(0.002)
+        self.published = (pipelines, sent)
         return sent
+
+    def per_master(self, out: dict, unit: str, ops: float, per: str = "",
+                   count: float = 0) -> dict:
+        """Redis's figures of a window (``out``) as results: µs of CPU per ``unit`` of
+        ``ops`` in all and on each master (``m0_``, ``m1_``, …) with its share of the
+        total; and, per ``per`` of ``count`` (a notification published, a chat), the
+        socket reads (round trips) and commands each master served and the scripts it
+        ran (EVALSHA), in all and per master. The publisher's own pipelines and PUBLISHes
+        (on the first master) are left out: they are the business server's."""
+        masters = out["masters"]
+        results: dict[str, Any] = {}
+        if ops:
+            results[f"redis_us_per_{unit}"] = round(
+                1e6 * sum(m["cpu_s"] for m in masters) / ops, 2)
+        pipelines, published = self.published
+        self.published = (0, 0)
+        totals = {"reads": 0.0, "commands": 0.0, "evalsha": 0.0}
+        for index, master in enumerate(masters):
+            if ops:
+                results[f"m{index}_redis_us_per_{unit}"] = round(1e6 * master["cpu_s"] / ops, 2)
+            results[f"m{index}_share_pct"] = master["share_pct"]
+            if not (per and count):
+                continue
+            scripts = sum(row["calls"] for name, row in master["per_command"].items()
+                          if name.startswith("eval"))
+            mine = {"reads": master["reads"] - (pipelines if index == 0 else 0),
+                    "commands": master["commands"] - (published if index == 0 else 0),
+                    "evalsha": scripts}
+            for key, value in mine.items():
+                totals[key] += value
+                results[f"m{index}_{key}_per_{per}"] = round(value / count, 2)
+        if per and count:
+            for key, value in totals.items():
+                results[f"{key}_per_{per}"] = round(value / count, 2)
+        return results
 
     def open_sockets(self) -> int:
         """Sockets of the gateway's port not yet closed by it (ESTABLISHED or CLOSE_WAIT)."""
@@ -272,7 +364,7 @@ class Run:
             "rss_loaded_mb": round(loaded.rss_kb / 1024, 1),
             "kb_per_connection": round((loaded.rss_kb - start.rss_kb) / max(1, result["ok"]), 1),
             "idle_worker_cpu_pct": idle_out["worker_cpu_pct"], "idle_s": s.idle_s,
-            "fds": loaded.fds,
+            "fds": loaded.fds, **self.per_master(timing, "login", result["ok"]),
         })
 
     def hold(self, users: list[str]) -> dict:
@@ -309,7 +401,8 @@ class Run:
                    "errors": snap["count"][kind + "_error"],
                    "worker_us_per_ack": out.get("worker_us_per_op"),
                    "ack_p50_ms": percentile(snap["lat"][kind], 0.5),
-                   "ack_p99_ms": percentile(snap["lat"][kind], 0.99), "cpu": out}
+                   "ack_p99_ms": percentile(snap["lat"][kind], 0.99), "cpu": out,
+                   **self.per_master(out, "ack", acks)}
         if kind == "chat_ack":
             span = snap["last_rx"].get("chat", window.started) - window.started
             results.update(delivered=snap["count"]["chat"], duplicates=snap["count"]["chat_dup"],
@@ -342,6 +435,7 @@ class Run:
             "p50_ms": percentile(snap["lat"]["notif"], 0.5),
             "p99_ms": percentile(snap["lat"]["notif"], 0.99),
             "worker_us_per_delivery": out.get("worker_us_per_op"), "cpu": out,
+            **self.per_master(out, "delivery", snap["count"]["notif"], "notification", sent),
         })
 
     def chat(self, users: list[str], name: str) -> dict:
@@ -363,6 +457,8 @@ class Run:
             "p99_ms": percentile(snap["lat"]["chat"], 0.99),
             "ack_p99_ms": percentile(snap["lat"]["chat_ack"], 0.99),
             "worker_us_per_message": out.get("worker_us_per_op"), "cpu": out,
+            **self.per_master(out, "message", snap["count"]["chat"], "message",
+                              snap["count"]["chat"]),
         })
 
     def pingpong(self, users: list[str]) -> dict:
@@ -373,7 +469,8 @@ class Run:
         the gateway's ack, the filter's round trip, the store, the delivery and its ack."""
         s = self.settings
         starters = users[:2 * s.pingpong_pairs:2]
-        self.redis.config_resetstat()
+        for master in self.masters:
+            master.config_resetstat()
         sent, snap, span, out = self.deliveries(
             "pingpong", "chat", lambda: self.loadgen.pingpong(starters, s.pingpong_s), 1,
             stall_s=s.stall_s)
@@ -390,15 +487,18 @@ class Run:
             "worker_us_per_chat": out.get("worker_us_per_op"),
             "redis_us_per_chat": out.get("redis_us_per_op"),
             "redis_commands_us_per_chat": self._commands_per(delivered), "cpu": out,
+            **self.per_master(out, "chat", delivered, "chat", delivered),
         })
 
     def _commands_per(self, count: int) -> dict[str, float]:
         """Redis's time in each command since the last CONFIG RESETSTAT (INFO
         commandstats), in µs per ``count``, the costliest first; a script's time includes
         the commands it calls, which are listed too."""
-        stats = self.redis.info("commandstats")
-        spent = {name.removeprefix("cmdstat_"): row["usec"] / max(count, 1)
-                 for name, row in stats.items()}
+        spent: dict[str, float] = {}
+        for master in self.masters:  # on a cluster, the sum over the masters
+            for name, row in master.info("commandstats").items():
+                name = name.removeprefix("cmdstat_")
+                spent[name] = spent.get(name, 0.0) + row["usec"] / max(count, 1)
         return {name: round(us, 2) for name, us in
                 sorted(spent.items(), key=lambda item: -item[1]) if us >= 0.05}
 
@@ -430,8 +530,8 @@ class Run:
         presence key ``pushapp:{<user>}:on`` is left."""
         if self.target != "pushapp":
             return False
-        return next(self.redis.scan_iter(match="pushapp:{*}:on", count=1000, _type="hash"),
-                    None) is not None
+        return any(next(master.scan_iter(match="pushapp:{*}:on", count=1000, _type="hash"),
+                        None) is not None for master in self.masters)
 
     def memory_return(self) -> dict:
         """After every client left: how much of the RSS growth (to the highest reading of
@@ -485,9 +585,11 @@ class Run:
 
 
 def run_target(target: str, settings: Settings, workdir: Path,
-               emit: Callable[[dict], None], scenarios: set[str]) -> list[dict]:
-    """Every scenario against one target, in an order where each leaves the next a known
-    state; returns the reported lines."""
+               emit: Callable[[dict], None], scenarios: set[str],
+               redis_mode: str = "single") -> list[dict]:
+    """Every scenario against one target, on one Redis (``single``: a unix socket;
+    ``tcp``: a loopback port) or a Redis Cluster (``cluster``), in an order where each
+    leaves the next a known state; returns the reported lines."""
     lines: list[dict] = []
 
     def keep(line: dict) -> None:
@@ -497,7 +599,7 @@ def run_target(target: str, settings: Settings, workdir: Path,
     workdir.mkdir(parents=True, exist_ok=True)
     command = " ".join(shlex.quote(a) for a in ["bench/run", *sys.argv[1:]])
     users = [f"c{i}" for i in range(settings.connections)]
-    with Run(target, settings, workdir, keep, command) as run:
+    with Run(target, settings, workdir, keep, command, redis_mode=redis_mode) as run:
         run.capacity(users)
         if settings.hold_s:
             run.hold(users)
@@ -524,12 +626,14 @@ def run_target(target: str, settings: Settings, workdir: Path,
             run.quiet()
             run.disconnect(size, f"disconnect_{size}")
     if "chat_direct" in scenarios:
-        with Run(target, settings, workdir, keep, command, CHAT_FILTER="direct") as direct:
+        with Run(target, settings, workdir, keep, command, redis_mode=redis_mode,
+                 CHAT_FILTER="direct") as direct:
             pairs = [f"x{i}" for i in range(2 * settings.chat_pairs)]
             direct.connect(pairs, settings.login_window)
             direct.chat(pairs, "chat_direct")
     if "pingpong" in scenarios:
-        with Run(target, settings, workdir, keep, command, agent="node") as js:
+        with Run(target, settings, workdir, keep, command, agent="node",
+                 redis_mode=redis_mode) as js:
             chatters = [f"p{i}" for i in range(settings.pingpong_users)]
             js.connected = js.connect(chatters, settings.login_window)["ok"]
             js.quiet()
