@@ -50,11 +50,12 @@ METRICS = {
     "fanout": [("deliveries_per_s", True), ("worker_us_per_delivery", False),
                ("p50_ms", False), ("p99_ms", False), ("redis_us_per_delivery", False),
                ("reads_per_notification", False), ("commands_per_notification", False),
-               ("evalsha_per_notification", False)],
+               ("evalsha_per_notification", False), ("getkeys_per_notification", False)],
     "chat": [("messages_per_s", True), ("p50_ms", False), ("p99_ms", False),
              ("rejected", False), ("undelivered", False), ("worker_us_per_message", False),
              ("redis_us_per_message", False), ("reads_per_message", False),
-             ("commands_per_message", False), ("evalsha_per_message", False)],
+             ("commands_per_message", False), ("evalsha_per_message", False),
+             ("getkeys_per_message", False)],
     "disconnect": [("cleanup_s", False), ("worker_cpu_s", False)],
     "memory_return": [("rss_after_mb", False), ("returned_pct", True)],
     "storm": [("logins_rejected", False), ("all_logged_in_s", False),
@@ -62,7 +63,8 @@ METRICS = {
     "pingpong": [("chats_per_s", True), ("p50_ms", False), ("p99_ms", False),
                  ("worker_us_per_chat", False), ("redis_us_per_chat", False),
                  ("lost", False), ("duplicates", False), ("reads_per_chat", False),
-                 ("commands_per_chat", False), ("evalsha_per_chat", False)],
+                 ("commands_per_chat", False), ("evalsha_per_chat", False),
+                 ("getkeys_per_chat", False)],
 }
 # Per Redis master (m0_, m1_, …: --redis cluster), every figure a scenario gives, shown
 # when some column ran on more than one master.

@@ -297,8 +297,10 @@ class Run:
         """Redis's figures of a window (``out``) as results: µs of CPU per ``unit`` of
         ``ops`` in all and on each master (``m0_``, ``m1_``, …) with its share of the
         total; and, per ``per`` of ``count`` (a notification published, a chat), the
-        socket reads (round trips) and commands each master served and the scripts it
-        ran (EVALSHA), in all and per master. The publisher's own pipelines and PUBLISHes
+        socket reads (round trips) and commands each master served, the scripts it ran
+        (EVALSHA) and the COMMAND GETKEYS it answered (redis-py's cluster client asks one
+        node for the keys of a command whose keys it cannot find itself), in all and per
+        master. The publisher's own pipelines and PUBLISHes
         (on the first master) are left out: they are the business server's."""
         masters = out["masters"]
         results: dict[str, Any] = {}
@@ -307,7 +309,7 @@ class Run:
                 1e6 * sum(m["cpu_s"] for m in masters) / ops, 2)
         pipelines, published = self.published
         self.published = (0, 0)
-        totals = {"reads": 0.0, "commands": 0.0, "evalsha": 0.0}
+        totals = {"reads": 0.0, "commands": 0.0, "evalsha": 0.0, "getkeys": 0.0}
         for index, master in enumerate(masters):
             if ops:
                 results[f"m{index}_redis_us_per_{unit}"] = round(1e6 * master["cpu_s"] / ops, 2)
@@ -318,7 +320,8 @@ class Run:
                           if name.startswith("eval"))
             mine = {"reads": master["reads"] - (pipelines if index == 0 else 0),
                     "commands": master["commands"] - (published if index == 0 else 0),
-                    "evalsha": scripts}
+                    "evalsha": scripts,
+                    "getkeys": master["per_command"].get("command|getkeys", {}).get("calls", 0)}
             for key, value in mine.items():
                 totals[key] += value
                 results[f"m{index}_{key}_per_{per}"] = round(value / count, 2)
