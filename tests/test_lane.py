@@ -60,6 +60,7 @@ def test_a_command_after_the_scripts_runs_in_every_batch_on_their_connection(
         store: Store) -> None:
     lane, key = Lane(store.redis), f"lane{uid()}"
     script = store.redis.register_script("return redis.call('INCR', KEYS[1])")
+    store.redis.script_load(script.script)
     answers, followed = lane.scripts(script, [([key], [])], then=("CLIENT", "ID"))
     [own] = lane.execute([("CLIENT", "ID")])
     assert (answers, followed) == ([1], [own])
