@@ -56,22 +56,30 @@ class Lane:
         finally:
             self._busy.release()
 
-    def scripts(self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
-                ) -> list[Any]:
+    def scripts(self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+                then: Command | None = None) -> tuple[list[Any], list[Any]]:
         """Run ``script`` once per (keys, args) of ``calls``, in one batch: EVALSHA, and for
         those that Redis answers NOSCRIPT (a restarted or flushed Redis), the script
-        itself (EVAL, which Redis then keeps), so that none runs twice."""
-        answers = self.execute([("EVALSHA", script.sha, len(keys), *keys, *args)
-                                for keys, args in calls])
+        itself (EVAL, which Redis then keeps), so that none runs twice. Answers the
+        script's answer of each call, and the replies of ``then``: a command sent right
+        after the scripts in every batch, on the same connection (``WAIT``, which counts
+        the writes of its own connection), so one reply, or two when scripts were sent
+        again."""
+        tail = [then] if then is not None else []
+        answers = self.execute([*(("EVALSHA", script.sha, len(keys), *keys, *args)
+                                  for keys, args in calls), *tail])
+        followed = answers[len(calls):]
+        del answers[len(calls):]
         missing = [index for index, answer in enumerate(answers)
                    if isinstance(answer, redis.exceptions.NoScriptError)]
         if missing:
-            again = self.execute([("EVAL", script.script, len(calls[index][0]),
-                                   *calls[index][0], *calls[index][1]) for index in missing])
+            again = self.execute([*(("EVAL", script.script, len(calls[index][0]),
+                                     *calls[index][0], *calls[index][1]) for index in missing),
+                                  *tail])
+            followed += again[len(missing):]
             for index, answer in zip(missing, again):
                 answers[index] = answer
-        return answers
-
+        return answers, followed
 
 def _run(connection: redis.Connection, commands: Sequence[Command]) -> list[Any]:
     try:
