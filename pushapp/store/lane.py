@@ -81,6 +81,7 @@ class Lane:
                 answers[index] = answer
         return answers, followed
 
+
 def _run(connection: redis.Connection, commands: Sequence[Command]) -> list[Any]:
     try:
         # Connects if it is not: a Sentinel-managed connection finds the master here.
