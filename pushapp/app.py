@@ -95,7 +95,7 @@ def create_app(config: Config | None = None) -> Flask:
     LeanEngineServer.adopt(
         socketio.server.eio, socketio.server.environ, config,
         config.socket_capacity(resource.getrlimit(resource.RLIMIT_NOFILE)[0]), limits,
-        events.logged_in)
+        events.logged_in, events.at_once)
     app.register_blueprint(health.bp)
     api.init_app(app, config, store, router)
     pages.init_app(app, config)

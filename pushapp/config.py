@@ -60,6 +60,19 @@ def _not_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _replicas(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError("expected a number of replicas: 0 (off), 1 or more")
+    return int(text)
+
+
+def _milliseconds(text: str) -> int:
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise ValueError("expected a whole number of milliseconds, 1 or more (WAIT takes 0 "
+                         "for never giving up, which would hold a store forever)")
+    return int(text)
+
+
 def _list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -156,6 +169,10 @@ class Config:
     ack_timeout: float = _field("ACK_TIMEOUT", 60.0, _positive(float))
     store_max_entries: int = _field("STORE_MAX_ENTRIES", 1000, _positive(int))
     store_max_age: int = _field("STORE_MAX_AGE", 30 * 24 * 3600, _positive(int))
+    # A stored message counts as stored once this many replicas have it (WAIT after the
+    # append, on its connection); 0: once the master has it, Redis' own default.
+    store_wait_replicas: int = _field("STORE_WAIT_REPLICAS", 0, _replicas)
+    store_wait_timeout_ms: int = _field("STORE_WAIT_TIMEOUT_MS", 1000, _milliseconds)
     chat_batch_max: int = _field("CHAT_BATCH_MAX", 200, _positive(int))
     max_event_bytes: int = _field("MAX_EVENT_BYTES", 64 * 1024, _positive(int))
     max_frame_bytes: int = _field("MAX_FRAME_BYTES", 256 * 1024, _positive(int))
@@ -235,12 +252,35 @@ class Config:
                 f"JWT_JWKS_URL={self.jwt_jwks_url!r}: expected an https:// (or http://) URL")
         if self.max_frame_bytes < self.max_event_bytes:
             problems.append("MAX_FRAME_BYTES must not be below MAX_EVENT_BYTES")
+        problems += self._wait_problems()
         if self.instance:
             host, _, port = self.bind.rpartition(":")
             if not (host and port.isdigit()) or int(port) + self.instance > 65535:
                 problems.append(f"INSTANCE={self.instance} needs BIND as host:port with room "
                                 f"for port + INSTANCE, not {self.bind!r}")
         return problems
+
+    def _wait_problems(self) -> list[str]:
+        """STORE_WAIT_REPLICAS where it cannot work: on a Redis with no replica (the
+        embedded one), or on a cluster, where redis-py's pipeline re-sends a script that
+        met MOVED, ASK or a broken connection on another connection than its WAIT's
+        (docs/deployment.md, "What a failover can lose")."""
+        if not self.store_wait_replicas:
+            return []
+        setting = f"STORE_WAIT_REPLICAS={self.store_wait_replicas}"
+        if not self.redis_url:
+            return [f"{setting} needs a Redis with replicas (REDIS_URL): the embedded Redis "
+                    "started when REDIS_URL is unset has none, so every store would fail"]
+        try:
+            kind = parse_redis_url(self.redis_url).kind
+        except ValueError:
+            return []  # REDIS_URL's own problem, named on its own line
+        if kind == "cluster":
+            return [f"{setting} is not supported on Redis Cluster: redis-py's cluster "
+                    "pipeline may send a store and its WAIT on different connections, where "
+                    "WAIT confirms nothing; set STORE_WAIT_REPLICAS=0, or use one server or "
+                    "Sentinel (docs/deployment.md)"]
+        return []
 
     def warnings(self) -> list[str]:
         """Settings that work but are likely a mistake: said loudly at start (by gunicorn's

@@ -85,3 +85,38 @@ def test_readme_documents_every_variable():
     missing = [field.metadata["env"] for field in dataclasses.fields(Config)
                if f"| `{field.metadata['env']}` |" not in readme]
     assert not missing, f"README's configuration table lacks {missing}"
+
+
+@pytest.mark.parametrize("name,value,says", [
+    ("STORE_WAIT_REPLICAS", "-1", "STORE_WAIT_REPLICAS='-1': expected a number of replicas"),
+    ("STORE_WAIT_REPLICAS", "one", "STORE_WAIT_REPLICAS='one': expected a number of replicas"),
+    ("STORE_WAIT_TIMEOUT_MS", "0", "STORE_WAIT_TIMEOUT_MS='0': expected a whole number of "
+                                   "milliseconds, 1 or more"),
+    ("STORE_WAIT_TIMEOUT_MS", "0.5", "STORE_WAIT_TIMEOUT_MS='0.5': expected a whole number"),
+])
+def test_bad_wait_settings_are_refused_in_one_line_each(name, value, says):
+    with pytest.raises(ConfigError) as refused:
+        Config.from_env({"AUTH_MODE": "insecure", "REDIS_URL": "redis://r:6379/0", name: value})
+    [line] = refused.value.problems
+    assert line.startswith(says) and "\n" not in line
+
+
+@pytest.mark.parametrize("url,says", [
+    ("", "STORE_WAIT_REPLICAS=1 needs a Redis with replicas (REDIS_URL): the embedded Redis"),
+    ("redis+cluster://a:7000,b:7001",
+     "STORE_WAIT_REPLICAS=1 is not supported on Redis Cluster: redis-py's cluster pipeline"),
+])
+def test_waiting_for_replicas_is_refused_where_it_cannot_work(url, says):
+    with pytest.raises(ConfigError) as refused:
+        Config.from_env({"AUTH_MODE": "insecure", "REDIS_URL": url, "STORE_WAIT_REPLICAS": "1"})
+    [line] = refused.value.problems
+    assert line.startswith(says)
+
+
+@pytest.mark.parametrize("url", ["redis://r:6379/0", "unix:///run/redis.sock",
+                                 "redis+sentinel://s1:26379,s2:26379/main"])
+def test_waiting_for_replicas_is_taken_on_one_server_and_sentinel(url):
+    config = Config.from_env({"AUTH_MODE": "insecure", "REDIS_URL": url,
+                              "STORE_WAIT_REPLICAS": "2", "STORE_WAIT_TIMEOUT_MS": "250"})
+    assert (config.store_wait_replicas, config.store_wait_timeout_ms) == (2, 250)
+    assert Config.from_env({"AUTH_MODE": "insecure"}).store_wait_replicas == 0

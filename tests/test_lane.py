@@ -54,3 +54,16 @@ def test_a_broken_connection_raises_and_the_next_batch_connects_again(store: Sto
 def _client_id(store: Store, name: str) -> int:
     [found] = [client["id"] for client in store.redis.client_list() if client["name"] == name]
     return int(found)
+
+
+def test_a_command_after_the_scripts_runs_in_every_batch_on_their_connection(
+        store: Store) -> None:
+    lane, key = Lane(store.redis), f"lane{uid()}"
+    script = store.redis.register_script("return redis.call('INCR', KEYS[1])")
+    store.redis.script_load(script.script)
+    answers, followed = lane.scripts(script, [([key], [])], then=("CLIENT", "ID"))
+    [own] = lane.execute([("CLIENT", "ID")])
+    assert (answers, followed) == ([1], [own])
+    store.redis.script_flush()
+    answers, followed = lane.scripts(script, [([key], []), ([key], [])], then=("CLIENT", "ID"))
+    assert (answers, followed) == ([2, 3], [own, own])

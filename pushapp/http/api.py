@@ -4,8 +4,9 @@ Publishing calls the Router, as the channel listener does, so a message sent her
 stored, archived, delivered and pushed exactly as one published on ``snschat`` or
 ``notification``; the answer says what happened. Any worker may take the request: the
 Router stores it and signals the worker holding each recipient. A 2xx means the message is
-in Redis; a Redis failure answers 503 with the reason, and the client retries (safely,
-with an ``Idempotency-Key``). Every route is in this one blueprint so that a single
+in Redis (with ``STORE_WAIT_REPLICAS``, on that many replicas too); a Redis failure, or
+too few replicas in time, answers 503 with the reason, and the client retries (safely,
+with an ``Idempotency-Key``, whose record a 503 does not keep). Every route is in this one blueprint so that a single
 ``before_request`` hook can guard them all (``CATALOG.is_public`` names the exceptions):
 a key, or the admin page's session (pushapp.http.pages), with wrong keys limited per address.
 The operators' routes (users, ``/stats``) are what the admin page reads, so that the page
@@ -31,7 +32,7 @@ from ..config import Config
 from ..ingest.routing import Router
 from ..kinds import LABELS
 from ..ops import metrics
-from ..store.store import Placement, Store
+from ..store.store import NotReplicated, Placement, Store
 from ..store.store import Presence as StoredPresence
 from ..wire.addresses import client_address
 from . import api_keys
@@ -212,6 +213,13 @@ def _route(router: Router, kind: str, messages: list[dict], batch: bool) -> list
     for message in messages:
         try:
             placements = handle(message, payloads.dumps(message))
+        except NotReplicated as exc:
+            # STORE_WAIT_REPLICAS: on the master only, which a failover may lose. A retry
+            # stores it again, so the recipient may get it twice (at least once).
+            log.error("API %s not counted as stored: %s", kind, exc)
+            raise ApiError(503, f"not counted as stored: {exc}; retry (the message may "
+                           "then be stored twice)",
+                           done=len(results) if batch else None) from None
         except redis.RedisError as exc:
             log.error("API %s not stored, Redis failed: %s", kind, exc)
             raise ApiError(503, f"not stored, Redis failed: {exc}; retry",

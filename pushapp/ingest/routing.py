@@ -53,7 +53,10 @@ class Router:
         """Chats (recipient, raw) heard together: stored in order in one step, then handed
         to the nodes of their recipients, one signal per node. A chat whose stream cannot
         be written (its key holds another type, or on a cluster its master is down) fails
-        alone, its error its answer; a lone chat raises it."""
+        alone, its error its answer; a lone chat raises it. Chats stored on the master but
+        not on ``STORE_WAIT_REPLICAS`` replicas in time raise NotReplicated, all of them,
+        before any is delivered: whoever retries stores them again, and the first copies,
+        still on the master, reach their users at their next read (at least once)."""
         placements = self.store.store_chats(chats)
         if len(chats) == 1 and isinstance(placements[0], redis.RedisError):
             raise placements[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import time
 from typing import Any, Callable
 
@@ -78,6 +79,10 @@ class Events:
         self.auth = Authenticator(config)
         self.per_address: dict[str, int] = {}
         self.unheard = Unheard(config.channel_chat_filter)
+        # The Engine.IO MESSAGE of an ACK, or of an EVENT of the default namespace whose
+        # name is one of these: see at_once.
+        names = "hb" if config.chat_filter == "direct" else "chat|hb"
+        self._at_once = re.compile(rf'4(?:3|2[0-9]*\["(?:{names})")')
 
     def register(self) -> None:
         """Handlers go on python-socketio's server itself: Flask-SocketIO's own would build
@@ -145,6 +150,15 @@ class Events:
     def _socket(self, sid: str) -> LeanSocket | None:
         """The Engine.IO socket (the connection) of the namespace connection ``sid``."""
         return self.server.eio.sockets.get(self.server.manager.eio_sid_from_sid(sid, "/"))
+
+    def at_once(self, text: str) -> bool:
+        """Whether a websocket message ``text`` (an Engine.IO packet) is one whose handling
+        never waits, so that the event loop may run it itself: an ack of something the
+        gateway sent (delivery's callbacks only note it), an ``hb``, and a ``chat`` when it
+        is published for the filter server (acked later, pushapp.sockets.server.Later),
+        not stored here (``CHAT_FILTER=direct``). Anything else, or anything malformed,
+        gets a greenlet, and so does whatever follows it on the same connection."""
+        return self._at_once.match(text) is not None
 
     def logged_in(self, eio_sid: str) -> bool:
         """Whether the Engine.IO socket ``eio_sid`` is logged in (pushapp.wire.transport closes

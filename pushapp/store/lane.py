@@ -5,7 +5,7 @@ server, the script that stores it, the XDEL of its ack. Through redis-py each ba
 pays a pool checkout (a lock, a poll of the socket for stray data, timing for its
 metrics), a pipeline object with its command stack, and the retry wrapper: together a
 tenth of a chat's CPU in the worker, whatever the batch's size. A ``Lane`` keeps one
-connection, packs a batch with redis-py's own packer (hiredis), sends it and reads the
+connection, packs a batch with hiredis, sends it and reads the
 replies, nothing more. The batches come from one greenlet at a time (a collector's, the
 listener's); if another asks while the lane is busy, its batch runs the same way on a
 connection of the pool, so nobody waits behind anybody.
@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 from gevent.lock import Semaphore
+from hiredis import pack_command
 from redis.commands.core import Script
 
 Command = Sequence[Any]
@@ -55,28 +56,40 @@ class Lane:
         finally:
             self._busy.release()
 
-    def scripts(self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
-                ) -> list[Any]:
+    def scripts(self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+                then: Command | None = None) -> tuple[list[Any], list[Any]]:
         """Run ``script`` once per (keys, args) of ``calls``, in one batch: EVALSHA, and for
         those that Redis answers NOSCRIPT (a restarted or flushed Redis), the script
-        itself (EVAL, which Redis then keeps), so that none runs twice."""
-        answers = self.execute([("EVALSHA", script.sha, len(keys), *keys, *args)
-                                for keys, args in calls])
+        itself (EVAL, which Redis then keeps), so that none runs twice. Answers the
+        script's answer of each call, and the replies of ``then``: a command sent right
+        after the scripts in every batch, on the same connection (``WAIT``, which counts
+        the writes of its own connection), so one reply, or two when scripts were sent
+        again."""
+        tail = [then] if then is not None else []
+        answers = self.execute([*(("EVALSHA", script.sha, len(keys), *keys, *args)
+                                  for keys, args in calls), *tail])
+        followed = answers[len(calls):]
+        del answers[len(calls):]
         missing = [index for index, answer in enumerate(answers)
                    if isinstance(answer, redis.exceptions.NoScriptError)]
         if missing:
-            again = self.execute([("EVAL", script.script, len(calls[index][0]),
-                                   *calls[index][0], *calls[index][1]) for index in missing])
+            again = self.execute([*(("EVAL", script.script, len(calls[index][0]),
+                                     *calls[index][0], *calls[index][1]) for index in missing),
+                                  *tail])
+            followed += again[len(missing):]
             for index, answer in zip(missing, again):
                 answers[index] = answer
-        return answers
+        return answers, followed
 
 
 def _run(connection: redis.Connection, commands: Sequence[Command]) -> list[Any]:
     try:
         # Connects if it is not: a Sentinel-managed connection finds the master here.
         connection.connect()
-        connection.send_packed_command(connection.pack_commands(commands))
+        # hiredis packs a command several times faster than redis-py's packer, which
+        # normalises each argument in Python first; these are str, bytes and int already.
+        connection.send_packed_command([b"".join([pack_command(tuple(command))
+                                                  for command in commands])])
         answers: list[Any] = []
         for _ in commands:
             try:

@@ -73,6 +73,17 @@ def stream_id(msg_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+class NotReplicated(redis.RedisError):
+    """A message the master stored that fewer than ``STORE_WAIT_REPLICAS`` replicas
+    acknowledged within ``STORE_WAIT_TIMEOUT_MS``: it does not count as stored, and whoever
+    stored it fails as on any Redis failure (the message stays on the master, so a retry
+    may store it twice)."""
+
+    def __init__(self, wanted: int, timeout_ms: int, acknowledged: Any) -> None:
+        super().__init__(f"stored on the master but not yet on {wanted} replica(s) within "
+                         f"{timeout_ms} ms ({acknowledged} acknowledged)")
+
+
 class Entry(NamedTuple):
     """One stored message: its stream id and the JSON text as it was published."""
 
@@ -205,6 +216,11 @@ class Store:
         self.lease_key = config.key("ingest-lease")
         self.totals_key = config.key("stored-totals")
         self.liveness = Liveness(client, self.nodes_key)
+        # STORE_WAIT_REPLICAS: the WAIT that follows an append on its connection (config
+        # refuses it on a cluster, where there is no lane).
+        self._wait: Command | None = (
+            ("WAIT", config.store_wait_replicas, config.store_wait_timeout_ms)
+            if config.store_wait_replicas else None)
         # A chat's commands (pushapp.store.lane); a cluster client routes them itself.
         self._lane = Lane(client) if isinstance(client, redis.Redis) else None
         # The batched scripts, split by slot on a cluster (pushapp.store.slots): per item
@@ -283,7 +299,7 @@ class Store:
             self._append_chats,
             [key for user, _ in chats for key in self._append_keys("chat", user)],
             [self.config.store_max_entries, self._ttl_ms(), self.config.channel_chat_history,
-             "chat", *(raw for _, raw in chats)]))
+             "chat", *(raw for _, raw in chats)], replicated=True))
 
     def store_notification(self, users: Sequence[str], raw: bytes
                            ) -> list[Placement | redis.RedisError]:
@@ -294,16 +310,27 @@ class Store:
         return _reached(self._placements(self._script(
             self._append_notif,
             [key for user in users for key in self._append_keys("notif", user)],
-            [self.config.store_max_entries, self._ttl_ms(), "", "notif", raw])))
+            [self.config.store_max_entries, self._ttl_ms(), "", "notif", raw],
+            replicated=True)))
 
-    def _script(self, script: Batched, keys: list[str], args: list) -> Any:
+    def _script(self, script: Batched, keys: list[str], args: list,
+                replicated: bool = False) -> Any:
         """One call of a registered script (on a cluster, one per slot); on the lane when
-        there is one."""
+        there is one. ``replicated``: a store, which with ``STORE_WAIT_REPLICAS`` counts
+        only once that many replicas have it: WAIT follows the script in its batch, on its
+        connection, and too few acknowledgements raise NotReplicated."""
         if self._lane is None:
             return script(keys=keys, args=args)
-        [answer] = self._lane.scripts(script, [(keys, args)])
+        wait = self._wait if replicated else None
+        [answer], waited = self._lane.scripts(script, [(keys, args)], then=wait)
         if isinstance(answer, redis.ResponseError):
             raise answer
+        for acknowledged in waited:
+            if isinstance(acknowledged, redis.ResponseError):
+                raise acknowledged
+            if acknowledged < self.config.store_wait_replicas:
+                raise NotReplicated(self.config.store_wait_replicas,
+                                    self.config.store_wait_timeout_ms, acknowledged)
         return answer
 
     def _commands(self, commands: list[Command]) -> list[Any]:

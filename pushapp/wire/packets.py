@@ -10,15 +10,16 @@ text) is not decoded here, and goes the library's way, which reads or refuses it
 """
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 
 from ..payloads import SocketIOJSON
 
 EVENT = 2
 ACK = 3
-# Digits of an ack id read here; a longer one (python-socketio allows up to 100) goes the
-# library's way.
-_MAX_ID_DIGITS = 15
+# The type, the ack id (up to 15 digits here; a longer one, which python-socketio allows
+# up to 100, goes the library's way) and the start of the data.
+_HEAD = re.compile(r"([23])([0-9]{0,15})\[")
 
 
 class Packet(NamedTuple):
@@ -35,26 +36,18 @@ def decode(text: str) -> Packet | None:
     """``text`` (a Socket.IO packet, without its Engine.IO type) as a packet, if it is an
     EVENT whose data is a list led by the event's name, or an ACK whose data is a list,
     in the default namespace; None for anything else."""
-    kind = text[:1]
-    if kind == "2":
-        packet_type = EVENT
-    elif kind == "3":
-        packet_type = ACK
-    else:
-        return None
-    start = 1
-    while start < len(text) and text[start].isdigit():
-        start += 1
-    if text[start:start + 1] != "[" or start > _MAX_ID_DIGITS:
+    head = _HEAD.match(text)
+    if head is None:
         return None
     try:
-        data = SocketIOJSON.loads(text[start:])
+        data = SocketIOJSON.loads(text[head.end() - 1:])
     except ValueError:
         return None
+    packet_type = EVENT if head[1] == "2" else ACK
     if type(data) is not list or (packet_type == EVENT
                                   and not (data and type(data[0]) is str)):
         return None
-    return Packet(packet_type, int(text[1:start]) if start > 1 else None, data)
+    return Packet(packet_type, int(head[2]) if head[2] else None, data)
 
 
 def event(ack_id: int | None, name: str, *args: Any) -> str:

@@ -363,7 +363,13 @@ class LeanSocket(EngineSocket):
             self._handle(None)
 
     def _handle(self, data: Any) -> None:
-        """Queue a message (None: the end) for this connection's handling greenlet."""
+        """Handle a message now, in the event loop, if nothing of this connection waits and
+        its handler never waits (``LeanEngineServer.at_once``: the packets of a chat);
+        else queue it (None: the end) for this connection's handling greenlet."""
+        if (not self._handling and not self._inbox and data is not None
+                and self.server.at_once(data)):
+            self._handle_one(data)
+            return
         if self._inbox is None:
             self._inbox = collections.deque()
         self._inbox.append(data)
@@ -383,15 +389,7 @@ class LeanSocket(EngineSocket):
                     self.close(wait=False, abort=True,
                                reason=self.server.reason.TRANSPORT_CLOSE)
                     return
-                try:
-                    self._receive_text(data)
-                except exceptions.SocketIsClosedError:
-                    return
-                except Exception:
-                    log.exception("%s: could not handle a packet; closing", self.sid)
-                    self._peer_gone = True
-                    self.close(wait=False, abort=True,
-                               reason=self.server.reason.TRANSPORT_ERROR)
+                if not self._handle_one(data):
                     return
                 if (self._reader is not None and not self._reader.active
                         and not self._peer_gone and len(self._inbox) < _INBOX_PAUSE // 2):
@@ -400,6 +398,19 @@ class LeanSocket(EngineSocket):
             self._handling = False
             if not self._inbox:
                 self._inbox = None
+
+    def _handle_one(self, data: str) -> bool:
+        """Handle one message; False if the connection ended with it."""
+        try:
+            self._receive_text(data)
+        except exceptions.SocketIsClosedError:
+            return False
+        except Exception:
+            log.exception("%s: could not handle a packet; closing", self.sid)
+            self._peer_gone = True
+            self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR)
+            return False
+        return True
 
     def _receive_text(self, data: str) -> None:
         if data[:1] == "4":
@@ -528,6 +539,7 @@ class LeanEngineServer(EngineServer):
     pinger: DueQueue
     login_watch: DueQueue
     logged_in: Callable[[str], bool]
+    at_once: Callable[[str], bool]
     limits: Limits
     send_backlog_max: int
     max_sockets: int
@@ -536,10 +548,15 @@ class LeanEngineServer(EngineServer):
 
     @classmethod
     def adopt(cls, server: EngineServer, environs: dict[str, dict], config: Config,
-              max_sockets: int, limits: Limits, logged_in: Callable[[str], bool]) -> None:
+              max_sockets: int, limits: Limits, logged_in: Callable[[str], bool],
+              at_once: Callable[[str], bool]) -> None:
         """Turn the server python-socketio built into this class (it offers no way to pass
-        one). ``logged_in(sid)`` says whether the Engine.IO socket ``sid`` is logged in."""
+        one). ``logged_in(sid)`` says whether the Engine.IO socket ``sid`` is logged in;
+        ``at_once(text)`` whether a websocket message's handling never waits, so that the
+        event loop may run it without a greenlet of its own (a greenlet per packet is
+        a few microseconds, which a chat pays on every packet)."""
         adopt(server, cls)
+        server.at_once = at_once
         server.pinger = DueQueue(server.ping_interval, server.sockets, LeanSocket.ping)
         server.login_watch = DueQueue(config.login_timeout, server.sockets, server._login_due)
         server.logged_in = logged_in
