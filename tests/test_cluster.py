@@ -31,7 +31,7 @@ from pushapp.store.redis_url import connect, sharded_pubsub
 from pushapp.store.slots import batched
 from pushapp.store.store import Presence, Store, user_key
 from pushapp.store.subscription import Subscription
-from redis_servers import HOST, Cluster, redis7_binary
+from redis_servers import HOST, Cluster, redis7_binary, redis_binary, version
 from support import Client, Gateway, uid, wait_for
 
 
@@ -409,6 +409,9 @@ def test_a_killed_masters_replica_takes_over_and_nothing_it_had_is_lost(
         wait_for(lambda: len(load.stored) >= 3 * len(users), what="chats stored under load")
         victim.kill()
         wait_for(lambda: not gateways[0].is_ready(), what="readiness to say a master is down")
+        # A worker starting now asks the nodes that answer which pub/sub its signals use.
+        config = Config.from_env({"AUTH_MODE": "insecure", "REDIS_URL": cluster.url})
+        assert sharded_pubsub(connect(config)) == (version(redis_binary()) >= (7, 0))
         replica = cluster.replica_of(victim)
         wait_for(lambda: replica.info("replication")["role"] == "master", 30,
                  "the replica's promotion")

@@ -121,17 +121,28 @@ def _blocking_sentinel_pool() -> type:
 
 
 def sharded_pubsub(client: redis.Redis | RedisCluster) -> bool:
-    """Whether every primary behind ``client`` runs Redis 7.0 or newer, and so has
-    sharded pub/sub (SPUBLISH, SSUBSCRIBE). On a cluster, a PUBLISH goes to every node
+    """Whether every node behind ``client`` that answers runs Redis 7.0 or newer, and so
+    has sharded pub/sub (SPUBLISH, SSUBSCRIBE). On a cluster, a PUBLISH goes to every node
     and a SPUBLISH only to the shard of its channel: the gateway picks the one its Redis
-    has, at start."""
+    has, at start. Replicas are asked too, and a node that does not answer is left out: a
+    worker that starts while a master is down (its replica not yet promoted) decides as
+    the others did. Raises the last error if no node answers."""
+    import redis
     from redis.cluster import RedisCluster
 
-    if isinstance(client, RedisCluster):
-        infos = client.info("server", target_nodes=RedisCluster.PRIMARIES).values()
-    else:
-        infos = [client.info("server")]
-    return all(_version(info["redis_version"]) >= SHARDED_PUBSUB_VERSION for info in infos)
+    if not isinstance(client, RedisCluster):
+        return _version(client.info("server")["redis_version"]) >= SHARDED_PUBSUB_VERSION
+    versions, failure = [], None
+    for node in client.get_nodes():
+        try:
+            info = client.info("server", target_nodes=node)
+        except redis.RedisError as exc:
+            failure = exc
+            continue
+        versions.append(_version(info["redis_version"]))
+    if not versions and failure is not None:
+        raise failure
+    return all(version >= SHARDED_PUBSUB_VERSION for version in versions)
 
 
 def _version(text: str) -> tuple[int, ...]:
