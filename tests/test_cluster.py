@@ -93,7 +93,11 @@ def test_batched_scripts_run_per_slot_and_answer_in_the_callers_order(
         assert (msg_id.decode(), fields[b"m"]) == (placement.id, f'{{"to":"{user}"}}'.encode())
     assert [placement.node for placement in placements] == [node] + [None] * (len(users) - 1)
 
+    # Each slot's call goes to its master by name: no round trip per call to ask a node
+    # for its keys (COMMAND GETKEYS, what redis-py's cluster pipeline does otherwise).
+    getkeys = _getkeys_calls(cluster)
     notified = store.store_notification(users[::-1], b'{"n":1}')
+    assert _getkeys_calls(cluster) == getkeys
     assert [p.id for p in notified] == [
         store.redis.xrange(store.key(user, "notif"))[0][0].decode() for user in users[::-1]]
 
@@ -107,6 +111,11 @@ def test_batched_scripts_run_per_slot_and_answer_in_the_callers_order(
     assert store.unbind([(user, f"s{index}") for index, user in enumerate(users)]
                         + [(users[0], "gone")]) == len(users)
     assert store.locate(users) == [None] * len(users)
+
+
+def _getkeys_calls(cluster: Cluster) -> int:
+    return sum(node.client.info("commandstats").get("cmdstat_command|getkeys", {})
+               .get("calls", 0) for node in cluster.masters)
 
 
 def test_a_wrong_type_fails_only_its_item_on_a_cluster(cluster: Cluster, store: Store) -> None:

@@ -10,7 +10,8 @@ put back in the caller's order. On one server the script is called as it is: a b
 stays one EVALSHA, at no cost.
 
 redis-py's cluster pipeline refuses ``evalsha()`` and does not load a script a node
-lacks; the EVALSHAs go through ``execute_command``, and a NOSCRIPT answer (a new node, a
+lacks; the EVALSHAs go through ``execute_command``, each naming its slot's master (else
+the pipeline asks a node for the keys of each, COMMAND GETKEYS, one round trip per call), and a NOSCRIPT answer (a new node, a
 promoted replica, a restart: Redis does not replicate its script cache) loads the script
 on every master (SCRIPT LOAD goes to all of them) and runs those slots' calls again.
 """
@@ -85,8 +86,12 @@ class SlotScript:
         for attempt in range(2):
             with self.client.pipeline(transaction=False) as pipe:
                 for _, call_keys, call_args in calls:
+                    # The slot's master, named: without it redis-py asks a node for the
+                    # keys of each EVALSHA (COMMAND GETKEYS), a round trip per call.
                     pipe.execute_command("EVALSHA", self.script.sha, len(call_keys),
-                                         *call_keys, *call_args)
+                                         *call_keys, *call_args,
+                                         target_nodes=self.client.get_node_from_key(
+                                             call_keys[0]))
                 replies = pipe.execute(raise_on_error=False)
             missing = []
             for call, reply in zip(calls, replies):
