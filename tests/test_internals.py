@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from pushapp.internals import Reliance, gevent_websocket, redis_parsers, socketio_engineio
+from pushapp.internals import (Reliance, gevent_websocket, prometheus_histograms, redis_parsers,
+                               socketio_engineio)
 
 ROOT = Path(__file__).resolve().parent.parent
-RELIED_ON = [*socketio_engineio.RELIED_ON, *gevent_websocket.RELIED_ON, *redis_parsers.RELIED_ON]
+RELIED_ON = [*socketio_engineio.RELIED_ON, *gevent_websocket.RELIED_ON, *redis_parsers.RELIED_ON,
+             *prometheus_histograms.RELIED_ON]
 # The distributions whose internals are listed (Flask-SocketIO: its construction of the
 # python-socketio server, which pushapp adopts).
 LIBRARIES = ("python-engineio", "python-socketio", "Flask-SocketIO", "gevent-websocket",
-             "redis")
+             "redis", "prometheus-client")
 
 
 def _pins() -> dict[str, str]:

@@ -32,6 +32,7 @@ MAY_IMPORT: dict[str, set[str]] = {
 BASE = {"pushapp.config", "pushapp.kinds", "pushapp.payloads", "pushapp.ticker",
         "pushapp.internals", "pushapp.internals.socketio_engineio",
         "pushapp.internals.gevent_websocket", "pushapp.internals.redis_parsers",
+        "pushapp.internals.prometheus_histograms",
         "pushapp.ops.metrics", "pushapp.ops.logs"}
 FOLDERS = {"http", "ingest", "sockets", "ops", "wire", "store"}
 

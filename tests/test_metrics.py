@@ -230,3 +230,24 @@ def test_metrics_token_is_required_when_set(start_gateway):
                           timeout=10)
     assert answer.status_code == 200 and "pushapp_logins_total" in answer.text
     assert gateway.log_text().count("metrics scrape refused") == 4
+
+
+def test_many_observations_at_once_count_as_each_would() -> None:
+    """pushapp.internals.prometheus_histograms.observe_many: one write per bucket, the same
+    buckets, count and sum as observing each amount, bounds and beyond the last included."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from pushapp.internals.prometheus_histograms import observe_many
+
+    amounts = [0.0, 0.05, 0.051, 0.1, 3.0, 60, 61, 1e9, 0.25, 0.25]
+    samples = []
+    for observe in (lambda child: [child.observe(a) for a in amounts],
+                    lambda child: observe_many(child, amounts)):
+        histogram = Histogram("h", "h", ["kind"], buckets=(0.05, 0.1, 0.25, 1, 60),
+                              registry=CollectorRegistry())
+        observe(histogram.labels("chat"))
+        observe_many(histogram.labels("chat"), [])
+        samples.append({(s.name, s.labels.get("le")): s.value
+                        for s in histogram.collect()[0].samples if not s.name.endswith("_created")})
+    assert samples[0] == samples[1]
+    assert samples[1][("h_count", None)] == len(amounts)

@@ -7,7 +7,8 @@ paths look their labelled children up once (``labelled``); its cost is in
 docs/benchmarks.md ("Costs the code's comments refer to").
 
 The stored-message backlog, which needs the store, is pushapp.ops.backlog: this module
-imports nothing of pushapp but the kinds, so that every layer may count.
+imports nothing of pushapp but the kinds (and prometheus_client's histogram internals,
+pushapp.internals), so that every layer may count.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from prometheus_client import (REGISTRY, CollectorRegistry, Counter, Gauge, Hist
                                multiprocess)
 from prometheus_client.core import Metric
 
+from ..internals.prometheus_histograms import observe_many
 from ..kinds import LABELS
 
 log = logging.getLogger(__name__)
@@ -72,12 +74,9 @@ def acked(kind: str, ids: Iterable[str]) -> None:
     millisecond it was stored."""
     now_ms = time.time() * 1000
     name = LABELS[kind]
-    histogram = labelled(LATENCY, name)
-    count = 0
-    for msg_id in ids:
-        histogram.observe(max(0.0, now_ms - int(msg_id.partition("-")[0])) / 1000)
-        count += 1
-    labelled(ACKS, name).inc(count)
+    waited = [max(0.0, now_ms - int(msg_id.partition("-")[0])) / 1000 for msg_id in ids]
+    observe_many(labelled(LATENCY, name), waited)
+    labelled(ACKS, name).inc(len(waited))
 
 
 def resent(kind: str, count: int) -> None:
