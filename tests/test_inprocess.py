@@ -142,3 +142,36 @@ def test_the_collector_hands_a_failed_batch_to_each_caller():
     asked = [gevent.spawn(collector.call, item) for item in range(3)]
     gevent.joinall(asked, timeout=5)
     assert all(isinstance(greenlet.exception, redis.ConnectionError) for greenlet in asked)
+
+
+def test_the_subscription_reads_messages_confirmations_and_health_checks(
+        store_config: Config, store: Store) -> None:
+    """pushapp.store.subscription on one server: messages as (channel, data), a message
+    over the cap as Oversized, confirmations and the answers to redis-py's health-check
+    PINGs as None (and counted off, as redis-py does), channels joined and left."""
+    from pushapp.store.capped import Oversized, capped_client
+    from pushapp.store.subscription import Subscription
+
+    own, other = f"own{uid()}", f"other{uid()}"
+    subscription = Subscription(capped_client(store_config, "test", exempt=own), own, False)
+
+    def read(count: int) -> list:
+        return [subscription.next() for _ in range(count) if subscription.readable(5)]
+
+    try:
+        subscription.subscribe(own, other)
+        assert read(2) == [None, None]  # the two confirmations
+        assert subscription.joined([other])
+        subscription._pubsub.connection.next_health_check = 0  # a PING is due
+        subscription.ping_if_due()
+        assert subscription._pubsub.health_check_response_counter == 1
+        store.redis.publish(own, b"signal")
+        store.redis.publish(other, b"x" * (store_config.max_channel_message_bytes + 1))
+        heard = read(3)
+        assert heard[0] is None and subscription._pubsub.health_check_response_counter == 0
+        assert heard[1] == (own, b"signal")
+        assert heard[2][0] == other and isinstance(heard[2][1], Oversized)
+        subscription.unsubscribe(other)
+        assert read(1) == [None] and not subscription.joined([other])
+    finally:
+        subscription.close()
