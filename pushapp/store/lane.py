@@ -3,10 +3,9 @@
 A chat costs the worker three batches of Redis commands: the PUBLISH to the filter
 server, the script that stores it, the XDEL of its ack. Through redis-py each batch also
 pays a pool checkout (a lock, a poll of the socket for stray data, timing for its
-metrics), a pipeline object with its command stack, and the retry wrapper: together a
-tenth of a chat's CPU in the worker, whatever the batch's size. A ``Lane`` keeps one
-connection, packs a batch with hiredis, sends it and reads the
-replies, nothing more. The batches come from one greenlet at a time (a collector's, the
+metrics), a pipeline object with its command stack, and the retry wrapper, whatever the
+batch's size (their share of a chat: docs/benchmarks.md). A ``Lane`` keeps one
+connection, packs a batch with hiredis, sends it and reads the replies, nothing more. The batches come from one greenlet at a time (a collector's, the
 listener's); if another asks while the lane is busy, its batch runs the same way on a
 connection of the pool, so nobody waits behind anybody.
 

@@ -71,9 +71,9 @@ class Subscription:
         timeout in the middle would leave the connection unusable): its channel and its
         data; None for a confirmation or a PING's answer. A message is taken as read
         (redis-py's ``get_message`` costs a health check, a retry wrapper and a dict a
-        message, a tenth of a chat's CPU with the rest of its path); anything else goes
-        to redis-py, which keeps its record of the channels joined. A broken connection
-        raises, and the listener connects again."""
+        message, on every chat: docs/benchmarks.md); anything else goes to redis-py,
+        which keeps its record of the channels joined. A broken connection raises, and
+        the listener connects again."""
         reply = self._pubsub.connection.read_response(
             disconnect_on_error=False, push_request=True, timeout=None)
         if type(reply) is list and len(reply) == 3 and reply[0] in _MESSAGES:

@@ -553,8 +553,8 @@ class LeanEngineServer(EngineServer):
         """Turn the server python-socketio built into this class (it offers no way to pass
         one). ``logged_in(sid)`` says whether the Engine.IO socket ``sid`` is logged in;
         ``at_once(text)`` whether a websocket message's handling never waits, so that the
-        event loop may run it without a greenlet of its own (a greenlet per packet is
-        a few microseconds, which a chat pays on every packet)."""
+        event loop may run it without a greenlet of its own (a greenlet per packet is a
+        cost a chat pays on every packet: docs/benchmarks.md)."""
         adopt(server, cls)
         server.at_once = at_once
         server.pinger = DueQueue(server.ping_interval, server.sockets, LeanSocket.ping)
