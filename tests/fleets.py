@@ -61,11 +61,16 @@ class Fleet(abc.ABC):
 
     def stragglers(self) -> dict[int, list[dict]]:
         """The clients not logged in now, with their last connection lines."""
-        kinds = ("connect", "connect_error", "login", "disconnect")
         with self._lock:
             out = [c for c in range(len(self.users)) if not self.logged_in.get(c)]
-            return {c: [line for line in self.lines
-                        if line.get("c") == c and line["type"] in kinds][-6:] for c in out}
+        return {c: self.last_lines(c) for c in out}
+
+    def last_lines(self, c: int) -> list[dict]:
+        """Client ``c``'s last connection lines."""
+        kinds = ("connect", "connect_error", "login", "disconnect")
+        with self._lock:
+            return [line for line in self.lines
+                    if line.get("c") == c and line["type"] in kinds][-6:]
 
     def all_logged_in(self) -> bool:
         with self._lock:

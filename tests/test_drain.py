@@ -30,6 +30,8 @@ pytestmark = pytest.mark.deployment
 WINDOW = 1.0
 # Reconnect backoff of the clients: python-socketio's 1 s doubling to 5 s, randomised.
 BACKOFF = 5.0
+# Seconds between pings, and to answer one, in the test of socket.io clients' returns.
+PING = 4.0
 TRANSPORTS = (["websocket"], ["polling"], ["polling", "websocket"])
 
 
@@ -276,7 +278,11 @@ def test_socket_io_client_comes_back_from_every_stop(start_gateway, node):
     of the worker (with the API calls paused: one in flight when its worker is killed is
     answered only after a minute, docs/http-api.md) each comes back the same way. The
     clients' time to come back counts from the moment the new worker is ready."""
-    gateway = start_gateway(DRAIN_WINDOW=WINDOW, CHAT_FILTER="direct")
+    # Pings every PING seconds: a client caught in its upgrade from long-polling to
+    # websocket when its worker is killed has no request out that could fail, and notices
+    # only when a ping is overdue (socket.io-client: pingInterval + pingTimeout).
+    gateway = start_gateway(DRAIN_WINDOW=WINDOW, CHAT_FILTER="direct", PING_INTERVAL=PING,
+                            PING_TIMEOUT=PING)
     users = [uid("js") for _ in range(100)]
     swarm = Swarm(node, gateway.url, users, addresses(0, 4) * 25)
 
@@ -286,17 +292,24 @@ def test_socket_io_client_comes_back_from_every_stop(start_gateway, node):
                  if line["t"] > moment and line["ack"] == 1}
         return len(cut) == len(users) and swarm.all_logged_in() and again >= cut
 
-    def stop(blow: Callable[[], None]) -> None:
+    def stop(blow: Callable[[], None], silent: float = 0.0) -> None:
         moment, old = time.time() * 1000, gateway.wait_ready()["node"]
         blow()
         wait_for(lambda: gateway.ready_node(other_than=old), timeout=30,
                  what=f"a new worker ready after {blow.__name__}")
         try:
-            wait_for(lambda: back_since(moment), timeout=WINDOW + 5 + 2 * BACKOFF,
+            wait_for(lambda: back_since(moment), timeout=WINDOW + 5 + 2 * BACKOFF + silent,
                      what=f"every client back after {blow.__name__}")
         except AssertionError as error:
-            raise AssertionError(f"{error}; not back, with their last lines: "
-                                 f"{swarm.stragglers()}") from None
+            cut = {line["c"] for line in swarm.of("disconnect") if line["t"] > moment}
+            again = {line["c"] for line in swarm.of("login")
+                     if line["t"] > moment and line["ack"] == 1}
+            never_cut = sorted(set(range(len(users))) - cut)
+            raise AssertionError(
+                f"{error}; not back, with their last lines: {swarm.stragglers()}; "
+                f"not cut: {never_cut[:10]} ({len(never_cut)}), with their last lines: "
+                f"{ {c: swarm.last_lines(c) for c in never_cut[:3]} }; cut but not "
+                f"logged in again: {sorted(cut - again)[:10]}") from None
         assert "Worker graceful timeout" not in gateway.log_text()
 
     def sigterm_worker() -> None:
@@ -319,7 +332,7 @@ def test_socket_io_client_comes_back_from_every_stop(start_gateway, node):
         finally:
             traffic.stop()
         account("socket.io-client on one gunicorn", swarm, traffic, gateway)
-        stop(sigkill_worker)
+        stop(sigkill_worker, silent=2 * PING)
         reasons = Counter(line["reason"] for line in swarm.of("disconnect"))
         print(f"disconnect reasons: {dict(reasons)}")
         assert "io server disconnect" not in reasons
