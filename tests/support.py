@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import queue
+import random
 import resource
 import shutil
 import signal
@@ -305,9 +306,12 @@ files={root}/supervisor/pushapp.conf
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> int:
-    """The first of ``count`` consecutive free ports."""
+    """The first of ``count`` consecutive free ports, below the range the kernel takes
+    outgoing connections' ports from: the instances bind theirs one after the other, and
+    a port of that range free now may be an outgoing connection's (to Redis, say) by then."""
+    low = _ephemeral_low()
     while True:
-        first = free_port(host)
+        first = random.randrange(max(1024, low - 12000), low - count)
         with contextlib.ExitStack() as held:
             try:
                 for port in range(first, first + count):
@@ -315,6 +319,14 @@ def free_ports(count: int, host: str = "127.0.0.1") -> int:
             except OSError:
                 continue
         return first
+
+
+def _ephemeral_low() -> int:
+    """The first port of the range outgoing connections take theirs from."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class Supervisor:
