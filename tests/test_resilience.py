@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import redis
 import requests
@@ -103,3 +104,71 @@ def test_readiness_holds_once_reached(start_gateway):
     gateway = start_gateway()
     statuses = [_status(gateway) for _ in range(100)]
     assert statuses == [200] * 100
+
+
+def test_a_worker_that_could_not_hear_its_signals_reads_what_they_announced(
+        start_redis, tmp_path_factory):
+    """Signals between workers are pub/sub, which keeps nothing: a chat stored for a user
+    whose worker is not subscribed at that moment (its Redis connection dropped, and its
+    channel's permission taken away, so it cannot subscribe again) is not announced to
+    it. Once that worker is subscribed again, it reads what its sockets missed."""
+    server = start_redis()
+    admin = redis.Redis.from_url(server.url)
+    admin.execute_command("ACL", "SETUSER", "holder", "on", ">secret", "~*", "&*", "+@all")
+    holder_url = server.url.replace("redis://", "redis://holder:secret@", 1)
+    sender = Gateway(server, tmp_path_factory.mktemp("sender") / "gunicorn.log").start()
+    holder = Gateway(SimpleNamespace(url=holder_url),
+                     tmp_path_factory.mktemp("holder") / "gunicorn.log").start()
+    user = uid()
+    client = holder.client()
+    try:
+        client.login(user)
+        admin.execute_command("ACL", "SETUSER", "holder", "resetchannels")
+        admin.execute_command("CLIENT", "KILL", "USER", "holder")
+        wait_for(lambda: "listener lost Redis" in holder.log_text(),
+                 what="the holder's listener to lose its subscription")
+        for n in range(3):
+            answer = sender.api("POST", "/chats", json={"to": user, "n": n})
+            assert answer.json()["stored"] == 1
+        client.quiet("chat", 1.0)
+        admin.execute_command("ACL", "SETUSER", "holder", "allchannels")
+        assert [chat["n"] for chat in client.expect_chats(3)] == [0, 1, 2]
+        assert "after the listener came back" in holder.log_text()
+    finally:
+        client.close()
+        for gateway in (holder, sender):
+            gateway.stop()
+
+
+def test_a_worker_whose_heartbeat_went_stale_is_still_handed_its_users_chats(
+        start_redis, tmp_path_factory):
+    """A worker that missed its heartbeats (paused here; cut off from Redis in a failover)
+    counts as gone: a chat for its user asks for a mobile push. It is still signalled the
+    chat, and delivers it once it runs again, with no later chat needed to bring it."""
+    server = start_redis()
+    sender, holder = (Gateway(server, tmp_path_factory.mktemp(name) / "gunicorn.log",
+                              LEASE_TTL=1).start() for name in ("sender", "holder"))
+    user = uid()
+    client = holder.client()
+    pid = holder.worker_pid()
+    try:
+        client.login(user)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            sent = []
+
+            def stale() -> bool:
+                answer = sender.api("POST", "/chats", json={"to": user, "n": len(sent)})
+                sent.append(answer.json())
+                return answer.json()["online"] == 0
+
+            wait_for(stale, 10, "the sender to count the paused worker as gone")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert all(answer["stored"] == 1 for answer in sent)
+        assert [chat["n"] for chat in client.expect_chats(len(sent))] == list(range(len(sent)))
+        assert f"mobile push requested user={user}" in sender.log_text()
+    finally:
+        client.close()
+        for gateway in (holder, sender):
+            gateway.stop()

@@ -226,7 +226,7 @@ def _route(router: Router, kind: str, messages: list[dict], batch: bool) -> list
                            done=len(results) if batch else None) from None
         results.append(Outcome(
             recipients=len(placements),
-            online=sum(p.node is not None for p in placements.values()),
+            online=sum(p.online for p in placements.values()),
             stored=sum(p.id is not None for p in placements.values()),
             ids={user: p.id for user, p in placements.items() if p.id is not None}))
     return results

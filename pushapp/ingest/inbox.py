@@ -20,6 +20,7 @@ from typing import Callable
 
 import gevent
 import redis
+from redis.exceptions import RedisClusterException
 
 from .. import payloads
 from ..config import Config
@@ -38,14 +39,15 @@ class Inbox:
     """The inbox stream's consumer in this worker: reads while the worker holds the lease,
     routes each entry, then acknowledges and deletes it."""
 
-    def __init__(self, config: Config, client: redis.Redis, node: str,
+    def __init__(self, config: Config, connect: Callable[[], redis.Redis], node: str,
                  leader: Callable[[], bool], route: Callable[[str, bytes], None]) -> None:
-        """``client`` reads and acknowledges the entries: its connection must skip data
-        over the limit (``capped.capped_client``)."""
+        """``connect`` makes the client that reads and acknowledges the entries: its
+        connection must skip data over the limit (``capped.capped_client``)."""
         self.channels = {b"snschat": config.channel_snschat,
                          b"notification": config.channel_notification}
         self.limit = config.max_channel_message_bytes
-        self.stream = InboxStream(client, config.key("inbox"), node,
+        self._connect = connect
+        self.stream = InboxStream(connect(), config.key("inbox"), node,
                                   max(1, min(_BATCH, held_bytes(self.limit) // self.limit)))
         self.leader = leader
         self.route = route
@@ -67,8 +69,21 @@ class Inbox:
                 log.warning("inbox: Redis failed (%s); retrying in %.1fs", exc, backoff)
                 gevent.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+                self._reconnect()
             else:
                 backoff = 0.1
+
+    def _reconnect(self) -> None:
+        """Go on with a new client. On a cluster it asks the nodes for the slots afresh:
+        after a failover, redis-py's client has been seen to keep the dead master for
+        the stream's slot and connect to it again and again, long after the promotion.
+        If no node answers, the old client stays, for the next pass."""
+        try:
+            client = self._connect()
+        except (redis.RedisError, RedisClusterException):
+            return
+        self.stream.redis.close()
+        self.stream.redis = client
 
     def _consume(self) -> None:
         self.stream.join()

@@ -59,6 +59,8 @@ _LEASE_CHECK = 0.2
 _BATCH = 500
 # Bytes a queued message is counted for beyond its own: Python's objects around it.
 _OVERHEAD = 100
+# Seconds Redis has to confirm the subscription to this node's channel.
+_CONFIRM_TIMEOUT = 5.0
 
 
 def _wait_until(check: Callable[[], bool], deadline: float) -> None:
@@ -128,7 +130,8 @@ class Listener:
 
     def start(self) -> None:
         self._running = True
-        inbox = Inbox(self.config, capped_client(self.config, f"pushapp-inbox:{self.node}"),
+        inbox = Inbox(self.config,
+                      partial(capped_client, self.config, f"pushapp-inbox:{self.node}"),
                       self.node, lambda: self.lease.held, self.route)
         self._greenlets = [gevent.spawn(self.lease.keep), gevent.spawn(self._listen),
                            gevent.spawn(self._handle_heard), gevent.spawn(inbox.run)]
@@ -162,18 +165,24 @@ class Listener:
 
     def _listen(self) -> None:
         backoff = 0.1
+        lost = False
         while self._running:
             subscription = None
             try:
                 subscription = Subscription(self._client, self.node_channel,
                                             self.store.sharded)
-                subscription.subscribe(self.node_channel)
+                subscription.join_own(_CONFIRM_TIMEOUT)
                 self.subscribed = True
                 metrics.LISTENER.set(1)
                 log.info("listener subscribed to %s", self.node_channel)
+                if lost:
+                    # Signals sent while this node was not subscribed are gone; what they
+                    # announced is stored, and read now.
+                    gevent.spawn(self.router.delivery.catch_up)
                 backoff = 0.1
                 self._serve(subscription)
             except (redis.RedisError, OSError) as exc:
+                lost = True
                 log.warning("listener lost Redis (%s); reconnecting in %.1fs", exc, backoff)
                 metrics.LISTENER_RECONNECTS.inc()
             finally:

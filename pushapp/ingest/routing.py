@@ -51,7 +51,8 @@ class Router:
 
     def chats(self, chats: list[tuple[str, bytes]]) -> list[Placement | redis.RedisError]:
         """Chats (recipient, raw) heard together: stored in order in one step, then handed
-        to the nodes of their recipients, one signal per node. A chat whose stream cannot
+        to the nodes of their recipients, one signal per node; a recipient whose node's
+        heartbeat is not fresh is also asked a mobile push. A chat whose stream cannot
         be written (its key holds another type, or on a cluster its master is down) fails
         alone, its error its answer; a lone chat raises it. Chats stored on the master but
         not on ``STORE_WAIT_REPLICAS`` replicas in time raise NotReplicated, all of them,
@@ -65,9 +66,9 @@ class Router:
         for (to, raw), placement in zip(chats, placements):
             if isinstance(placement, redis.RedisError):
                 continue
-            if placement.node is None:
+            if not placement.online:
                 self.delivery.push(to)
-            else:
+            if placement.node is not None:
                 by_node[placement.node].append(Stored(to, placement.id, placement.prev, raw))
         for node, stored in by_node.items():
             self._hand_over(node, CHAT, stored)

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 # Seconds acks and unbinds wait to be sent to Redis with others.
 _TICK = 0.005
+# Sockets whose streams one round trip of a catch-up reads.
+_CATCH_UP_CHUNK = 500
+# Seconds a catch-up waits before each try of a read: the first at once.
+_CATCH_UP_DELAYS = (0.0, 0.1, 0.5, 1.0, 2.0, 4.0)
 
 
 class Delivery:
@@ -215,12 +219,13 @@ class Delivery:
             self.server.emit("notification", raw, to=sids)
             metrics.labelled(metrics.MESSAGES_OUT, "notification").inc(len(sids))
 
-    def flush(self, conns: list[Conn], kinds: int) -> None:
+    def flush(self, conns: list[Conn], kinds: int) -> bool:
         """Send what is stored after the sockets' cursors. If a flush of that kind is
-        already running for a socket, mark it dirty; the running one loops once more."""
+        already running for a socket, mark it dirty; the running one loops once more.
+        False if Redis failed the read: nothing was sent."""
         claimed = self._claim(conns, kinds)
         if not claimed:
-            return
+            return True
         try:
             batches = self.store.read(self._reads(claimed), self.config.chat_batch_max)
         except redis.RedisError as exc:
@@ -228,8 +233,9 @@ class Delivery:
             log.warning("delivery to %d sockets (user=%s, ...) postponed, Redis failed: %s",
                         len(claimed), claimed[0][0].user, exc)
             metrics.ERRORS.labels("redis").inc()
-            return
+            return False
         self._drain_claimed(claimed, batches)
+        return True
 
     @staticmethod
     def _claim(conns: list[Conn], kinds: int) -> list[tuple[Conn, int]]:
@@ -365,6 +371,29 @@ class Delivery:
             by_kinds.setdefault(kinds, []).append(conn)
         for kinds, group in by_kinds.items():
             self.flush(group, kinds)
+
+    def catch_up(self) -> None:
+        """Send each socket here what is stored after its cursor. Signals to this worker
+        are pub/sub, which keeps nothing: those sent while its listener was reconnecting
+        (Redis restarted, or its channel's master failed over) are gone, and the messages
+        they announced wait in the store. Called once the listener hears again; a chunk
+        of sockets per round trip, so the other greenlets get their turns. A read that
+        fails (a connection Redis dropped with the listener's) is tried again a few
+        times; if Redis fails throughout, the listener loses it too, and catches up
+        again once it is back."""
+        conns = list(self.by_user.values())
+        for start in range(0, len(conns), _CATCH_UP_CHUNK):
+            chunk = conns[start:start + _CATCH_UP_CHUNK]
+            for delay in _CATCH_UP_DELAYS:
+                gevent.sleep(delay)
+                if self.flush([conn for conn in chunk if not conn.closed], CHAT | NOTIF):
+                    break
+            else:
+                log.warning("catch-up after the listener came back given up at socket %d "
+                            "of %d: Redis keeps failing", start, len(conns))
+                return
+        log.info("read the stored messages of %d sockets after the listener came back",
+                 len(conns))
 
     def push(self, user: str) -> None:
         log.info("mobile push requested user=%s", user)

@@ -93,12 +93,21 @@ class Entry(NamedTuple):
 
 class Placement(NamedTuple):
     """Where a message went for one user: its stored id (None if not stored), the node
-    that holds the user's socket (None when offline), and the newest id the user's stream
-    held before it (None: none, or not stored)."""
+    that holds the user's socket (None: no socket), the newest id the user's stream held
+    before it (None: none, or not stored), and whether that node's heartbeat is fresh.
+
+    A node whose heartbeat is not fresh has crashed, or was cut off from Redis for a
+    while (a failover, a network blip): its user counts as offline, and is still handed
+    the message, which a node that is back delivers."""
 
     id: str | None
     node: str | None
     prev: str | None = None
+    alive: bool = True
+
+    @property
+    def online(self) -> bool:
+        return self.node is not None and self.alive
 
 
 class Batch(NamedTuple):
@@ -277,7 +286,7 @@ class Store:
         return self.config.store_max_age * 1000
 
     def _placements(self, flat: list) -> list[Placement | redis.RedisError]:
-        """The append script's answers, with the nodes that are not alive dropped."""
+        """The append script's answers, each node with whether it is alive."""
         out: list[Placement | redis.RedisError] = []
         for answer in flat:
             if isinstance(answer, redis.RedisError):
@@ -285,8 +294,8 @@ class Store:
                 continue
             msg_id, prev, node = answer
             node = node and _text(node)
-            out.append(Placement(_text(msg_id), node if node and self.liveness.alive(node)
-                                 else None, prev and _text(prev)))
+            out.append(Placement(_text(msg_id), node or None, prev and _text(prev),
+                                 bool(node) and self.liveness.alive(node)))
         return out
 
     def store_chats(self, chats: Sequence[tuple[str, bytes]]

@@ -6,6 +6,7 @@ store; pushapp.ingest.listener decides what to subscribe to and when, and reads.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import redis
@@ -36,8 +37,25 @@ class Subscription:
                 client = client.get_redis_connection(client.get_node_from_key(own))
             except RedisClusterException as exc:  # no node answered, or a slot has none
                 raise redis.ConnectionError(str(exc)) from exc
+        self._own = own
         self._sharded = own if sharded else None
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+
+    def join_own(self, timeout: float) -> None:
+        """Join this node's channel and wait, up to ``timeout`` seconds, for Redis to
+        confirm it: whatever is sent on it from then on is heard. On the new connection
+        nothing can come before that confirmation."""
+        self.subscribe(self._own)
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._pubsub.parse_response(
+                block=False, timeout=max(0.0, deadline - time.monotonic()))
+            if reply is None:
+                raise redis.TimeoutError(f"Redis did not confirm the subscription to "
+                                         f"{self._own} within {timeout:g}s")
+            self._pubsub.handle_message(reply, ignore_subscribe_messages=True)
+            if reply[0] in (b"subscribe", b"ssubscribe") and reply[1] == self._own.encode():
+                return
 
     def subscribe(self, *channels: str) -> None:
         plain = [channel for channel in channels if channel != self._sharded]
