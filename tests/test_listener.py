@@ -144,6 +144,29 @@ def test_a_burst_waits_in_redis_while_the_worker_cannot_read(guarded):
         client.close()
 
 
+def test_a_chat_retried_after_its_batch_is_counted_once(guarded):
+    """Chats heard together are stored in one step; one whose store fails (its stream key
+    holds a string) is retried alone until it is stored. Each is counted as handled once."""
+    stuck, user = uid(), uid()
+    guarded.redis.set(guarded.user_key(stuck, "chat"), "not a stream")
+
+    def handled() -> float:
+        return value(scrape(guarded), "pushapp_messages_in_total", kind="chat")
+
+    before, stalls = handled(), guarded.log_text().count("not stored yet")
+    with guarded.redis.pipeline(transaction=False) as pipe:
+        for to in (user, stuck, user):
+            pipe.publish("snschat", chat_of(100, to))
+        assert pipe.execute() == [1, 1, 1]
+    wait_for(lambda: guarded.log_text().count("not stored yet") > stalls,
+             what="the handler to retry the stuck chat")
+    guarded.redis.delete(guarded.user_key(stuck, "chat"))
+    wait_for(lambda: guarded.redis.xlen(guarded.user_key(stuck, "chat")) == 1,
+             what="the stuck chat stored")
+    assert guarded.redis.xlen(guarded.user_key(user, "chat")) == 2
+    assert handled() - before == 3
+
+
 def test_a_full_queue_drops_with_a_log_line_and_a_count(guarded):
     """The handler stalls (its store fails: here the first chat's stream key holds a
     string, and the handler retries it) while the reader reads on: 16 MiB of messages

@@ -61,15 +61,17 @@ class Router:
         placements = self.store.store_chats(chats)
         if len(chats) == 1 and isinstance(placements[0], redis.RedisError):
             raise placements[0]
-        metrics.labelled(metrics.MESSAGES_IN, "chat").inc(len(chats))
         by_node: dict[str, list[Stored]] = defaultdict(list)
+        handled = 0
         for (to, raw), placement in zip(chats, placements):
             if isinstance(placement, redis.RedisError):
-                continue
+                continue  # not counted: its sender retries it
+            handled += 1
             if not placement.online:
                 self.delivery.push(to)
             if placement.node is not None:
                 by_node[placement.node].append(Stored(to, placement.id, placement.prev, raw))
+        metrics.labelled(metrics.MESSAGES_IN, "chat").inc(handled)
         for node, stored in by_node.items():
             self._hand_over(node, CHAT, stored)
         return placements
