@@ -77,7 +77,10 @@ def test_embedded_redis_is_started_persisted_and_stopped_with_the_gateway(tmp_pa
     first.send_signal(signal.SIGTERM)
     first.wait(20)
     assert not (data / "redis.sock").exists(), "redis-server outlived the gateway"
-    assert (data / "appendonly.aof").stat().st_size > 0
+    # Redis 6 writes appendonly.aof; Redis 7 a folder of files (appendonlydir/).
+    written = [path for path in data.glob("appendonly*") if path.is_file()] + \
+        list(data.glob("appendonlydir/*.aof"))
+    assert sum(path.stat().st_size for path in written) > 0, sorted(data.iterdir())
 
     second = serve()
     try:
