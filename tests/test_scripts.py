@@ -25,12 +25,19 @@ def _presence(node: str, sid: str = "sid1") -> Presence:
 
 
 def test_append_stores_in_order_and_answers_the_previous_id(store: Store) -> None:
-    user = uid()
+    user, away = uid(), uid()
+    store.login(user, _presence("node-a"), b"{}", {}, {})
     first, second = store.store_chats([(user, b'{"n":1}'), (user, b'{"n":2}')])
     assert first.prev is None and second.prev == first.id
-    assert first.node is None  # nobody's socket: nothing marked as sent
     assert [raw for _, raw in _rows(store, user, "chat")] == [b'{"n":1}', b'{"n":2}']
     assert store.redis.pttl(store.key(user, "chat")) > 0
+    # Nobody's socket: nothing is marked as sent, nothing comes before.
+    first, second = store.store_chats([(away, b'{"n":1}'), (away, b'{"n":2}')])
+    assert (first.node, first.prev, second.node, second.prev) == (None, None, None, None)
+    # A read moves the mark: what comes next follows on from what it read.
+    store.login(away, _presence("node-a", "sid2"), b"{}", {}, {"chat": None})
+    [third] = store.store_chats([(away, b'{"n":3}')])
+    assert third.prev == second.id
 
 
 def test_append_fails_only_the_message_whose_key_holds_another_type(store: Store) -> None:

@@ -428,8 +428,11 @@ def _acked_ids(batch: list[str], ack: Any) -> list[str] | None:
 
 def _follows(cursor: str | None, prev: str | None) -> bool:
     """Whether a socket sent up to ``cursor`` (None: nothing yet) has everything its
-    stream held before an entry stored after ``prev``."""
-    return prev is None or (cursor is not None and stream_id(prev) <= stream_id(cursor))
+    stream held before an entry stored after ``prev``, the id marked as sent before it
+    (None: none marked, which for a socket sent something means the marks are gone)."""
+    if prev is None or cursor is None:
+        return prev is None and cursor is None
+    return stream_id(prev) <= stream_id(cursor)
 
 
 def _now_ms() -> int:

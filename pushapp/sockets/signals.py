@@ -26,8 +26,8 @@ from ..kinds import CHAT
 
 
 class Stored(NamedTuple):
-    """A message just stored for ``user``: its id, the newest id the user's stream held
-    before it (None: the stream was empty) and its text."""
+    """A message just stored for ``user``: its id, the id marked as sent to the user's
+    socket before it (None: none) and its text."""
 
     user: str
     id: str

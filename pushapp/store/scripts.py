@@ -12,9 +12,12 @@ from __future__ import annotations
 # archive channel ('' for none), the marks' field (the kind), then one text per message,
 # or a single text for all of them. Per message: appends it, bounded by MAXLEN, makes the
 # stream live ttl_ms more, publishes it on the archive channel and, if the user has a
-# socket, marks it as sent to it. Answers per message {id, the stream's newest id before
-# it or false, the node of the user's socket or false}, or, for a message whose stream key
-# holds another type, that error alone.
+# socket, marks it as sent to it. Answers per message {id, the id marked as sent before
+# it or false (none, or no socket), the node of the user's socket or false}, or, for a
+# message whose stream key holds another type, that error alone. While a user has a
+# socket every message stored is marked, and the reads move the mark up to what they
+# read: the mark before a message is the newest id its socket may have had. (Reading the
+# stream's newest entry instead was the script's costliest step: docs/benchmarks.md.)
 APPEND = """
 local maxlen, ttl, channel, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local shared = #ARGV == 5
@@ -22,7 +25,6 @@ local out = {}
 for i = 1, #KEYS / 3 do
   local stream, presence, marks = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local raw = ARGV[shared and 5 or 4 + i]
-  local top = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
   local id = redis.pcall('XADD', stream, 'MAXLEN', maxlen, '*', 'm', raw)
   if type(id) ~= 'string' then
     out[i] = id
@@ -30,12 +32,15 @@ for i = 1, #KEYS / 3 do
     redis.call('PEXPIRE', stream, ttl)
     if channel ~= '' then redis.call('PUBLISH', channel, raw) end
     local node = redis.pcall('HGET', presence, 'node')
+    local prev = false
     if type(node) == 'string' then
+      prev = redis.pcall('HGET', marks, kind)
+      if type(prev) ~= 'string' then prev = false end
       redis.pcall('HSET', marks, kind, id)
     else
       node = false
     end
-    out[i] = {id, top[1] and top[1][1] or false, node}
+    out[i] = {id, prev, node}
   end
 end
 return out

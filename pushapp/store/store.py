@@ -12,9 +12,10 @@ that they share one Redis Cluster slot and every per-user step is one script on 
   read as offline; that is checked in the worker, from a copy of ``nodes`` it refreshes
   (``Liveness``), never inside a per-message script.
 - ``{user}:sent``: the newest id sent of each kind, so that a message sent again (to a
-  new login, say, because the last one did not ack) counts as a redelivery.
+  new login, say, because the last one did not ack) counts as a redelivery, and so that
+  a message stored while the user has a socket says what that socket may have had.
 
-Storing answers, per message, its id, the stream's newest id before it and the node that
+Storing answers, per message, its id, the id marked as sent before it and the node that
 holds the user's socket: that node can send what was just stored without reading it back,
 when it has sent everything up to that previous id (``pushapp.sockets.delivery``). Older layouts
 are moved into this one at start (``pushapp.store.migration``).
@@ -93,7 +94,7 @@ class Entry(NamedTuple):
 
 class Placement(NamedTuple):
     """Where a message went for one user: its stored id (None if not stored), the node
-    that holds the user's socket (None: no socket), the newest id the user's stream held
+    that holds the user's socket (None: no socket), the id marked as sent to that socket
     before it (None: none, or not stored), and whether that node's heartbeat is fresh.
 
     A node whose heartbeat is not fresh has crashed, or was cut off from Redis for a
