@@ -79,6 +79,11 @@ def acked(kind: str, ids: Iterable[str]) -> None:
     labelled(ACKS, name).inc(len(waited))
 
 
+def sent(kind: str, count: int) -> None:
+    """Count ``count`` stored messages of ``kind`` (the store's name) sent to sockets."""
+    labelled(MESSAGES_OUT, LABELS[kind]).inc(count)
+
+
 def resent(kind: str, count: int) -> None:
     if count:
         REDELIVERIES.labels(LABELS[kind]).inc(count)

@@ -206,9 +206,13 @@ class Delivery:
                 else:
                     ready[conn] = [Entry(msg_id, raw)]
         count = self.config.chat_batch_max
+        sent = 0
         for conn, entries in ready.items():
             for start in range(0, len(entries), count):
                 self._send(conn, kind, entries[start:start + count])
+            sent += len(entries)
+        if sent:
+            metrics.sent(KEY_OF_FLAG[kind], sent)
         self.flush(list(behind), kind)
 
     def deliver_unstored(self, users: list[str], raw: str) -> None:
@@ -291,11 +295,14 @@ class Delivery:
             metrics.resent(KEY_OF_FLAG[kind], resent)
             if entries:
                 self._send(conn, kind, entries)
+                metrics.sent(KEY_OF_FLAG[kind], len(entries))
             if len(entries) < count and not conn.dirty & kind:
                 return
 
     def _send(self, conn: Conn, kind: int, entries: list[Entry]) -> None:
-        """Send stored messages that follow on from the socket's cursor, and move it."""
+        """Send stored messages that follow on from the socket's cursor, and move it. The
+        caller counts them, once for all it sends at a time: a counter's update under
+        gunicorn is a lock and a write to a shared file."""
         if kind == CHAT:
             self._send_chats(conn, entries)
             conn.chat_cursor = entries[-1].id
@@ -308,7 +315,6 @@ class Delivery:
         ids = [entry.id for entry in entries]
         self.server.emit_acked(conn.sid, "chat", batch.decode(),
                                partial(self._chats_acked, conn, ids))
-        metrics.labelled(metrics.MESSAGES_OUT, "chat").inc(len(ids))
         conn.unacked_chats += 1
         self._ack_watch.sent(conn)
 
@@ -331,7 +337,6 @@ class Delivery:
             self.server.emit_acked(conn.sid, "notification",
                                    with_mid(entry.raw, entry.id).decode(),
                                    partial(self._notification_acked, conn, entry.id))
-        metrics.labelled(metrics.MESSAGES_OUT, "notification").inc(len(entries))
         conn.unacked_notifs += len(entries)
         self._ack_watch.sent(conn)
 
