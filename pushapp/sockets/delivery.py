@@ -62,6 +62,9 @@ class Delivery:
         self.connections = connections
         self.by_sid = connections.by_sid
         self.by_user = connections.by_user
+        # Sockets whose login is in Redis now, by user: not bound yet, and what is stored
+        # for them meanwhile may come after their login's read.
+        self._logging_in: dict[str, Conn] = {}
         self._expiries: list[tuple[float, str]] = []
         self._unbinds = Collector(self._unbind, tick=_TICK)
         self._acks = Collector(self._remove_acked, tick=_TICK)
@@ -84,6 +87,7 @@ class Delivery:
             who.user, who.device, None, None)
         self.set_expiry(conn, who.expires)
         claimed = self._claim([conn], CHAT | NOTIF)
+        self._logging_in[who.user] = conn
         try:
             old, read = self.store.login(
                 who.user, Presence(self.node, sid, who.device, _now_ms()), userinfo,
@@ -92,6 +96,9 @@ class Delivery:
         except BaseException:
             self._release(claimed)
             raise
+        finally:
+            if self._logging_in.get(who.user) is conn:
+                del self._logging_in[who.user]
         if conn.closed:
             # The socket went during the round trip, maybe before its unbind could apply.
             self._release(claimed)
@@ -187,13 +194,17 @@ class Delivery:
         busy sending, is sent them as they are; the others read their streams, in one
         round trip for all. A chat for a user presence placed here but who has gone (just
         disconnected, or whose unbind failed while Redis was away) asks for a mobile push
-        instead."""
+        instead; one whose login is in Redis now reads once more when it is done."""
         ready: dict[Conn, list[Entry]] = {}
         behind: dict[Conn, None] = {}
         for user, msg_id, prev, raw in stored:
             conn = self.by_user.get(user)
             if conn is None:
-                if kind == CHAT:
+                pending = self._logging_in.get(user)
+                if pending is not None:
+                    # Stored after its login's read, maybe: the login reads once more.
+                    pending.dirty |= kind
+                elif kind == CHAT:
                     self.push(user)
             elif conn in ready:
                 ready[conn].append(Entry(msg_id, raw))
