@@ -82,8 +82,7 @@ class Inbox:
             client = self._connect()
         except (redis.RedisError, RedisClusterException):
             return
-        self.stream.redis.close()
-        self.stream.redis = client
+        self.stream.use(client)
 
     def _consume(self) -> None:
         self.stream.join()

@@ -24,6 +24,11 @@ class InboxStream:
         self.node = node
         self.count = count
 
+    def use(self, client: redis.Redis) -> None:
+        """Go on with ``client``; the one used so far is closed."""
+        self.redis.close()
+        self.redis = client
+
     def join(self) -> None:
         """Make the group (and the stream) unless it exists: it starts at the stream's first
         entry, so nothing added before the first gateway started is lost."""

@@ -5,9 +5,10 @@ server, the script that stores it, the XDEL of its ack. Through redis-py each ba
 pays a pool checkout (a lock, a poll of the socket for stray data, timing for its
 metrics), a pipeline object with its command stack, and the retry wrapper, whatever the
 batch's size (their share of a chat: docs/benchmarks.md). A ``Lane`` keeps one
-connection, packs a batch with hiredis, sends it and reads the replies, nothing more. The batches come from one greenlet at a time (a collector's, the
-listener's); if another asks while the lane is busy, its batch runs the same way on a
-connection of the pool, so nobody waits behind anybody.
+connection, packs a batch with hiredis, sends it and reads the replies, nothing more.
+The batches come from one greenlet at a time (a collector's, the listener's); if another
+asks while the lane is busy, its batch runs the same way on a connection of the pool, so
+nobody waits behind anybody.
 
 On one server and on a Sentinel-managed master only: redis-py's connection class for a
 master the sentinels name finds the master as it connects and drops a connection to one
