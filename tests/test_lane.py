@@ -1,13 +1,13 @@
-"""The store's own connection for a chat's commands (pushapp/store/lane.py), against a real
-Redis: what it answers, a script Redis has lost, a second batch while one is running, and
-a connection that breaks.
+"""The store's own connections for a chat's commands (pushapp/store/lane.py), against a real
+Redis: what it answers, a script Redis has lost, batches at the same moment, and a
+connection that breaks.
 """
 from __future__ import annotations
 
 import pytest
 import redis
 
-from pushapp.store.lane import Lane
+from pushapp.store.lane import KEPT, Lane
 from pushapp.store.store import Store
 from support import uid
 
@@ -30,15 +30,27 @@ def test_a_script_redis_lost_runs_once_after_script_flush(store: Store) -> None:
     assert [fields[b"m"] for _, fields in rows] == [b'{"n":1}', b'{"n":2}']
 
 
-def test_a_batch_asked_while_the_lane_is_busy_runs_on_a_pool_connection(store: Store) -> None:
+def test_batches_at_the_same_moment_get_a_connection_each_then_the_pools(store: Store) -> None:
     lane = Lane(store.redis)
-    [own] = lane.execute([("CLIENT", "ID")])
-    # As while another greenlet's batch is out (the tests run without gevent's patching,
-    # so a batch cannot be caught in flight): a blocking wait would never end here.
-    with lane._busy:
-        [other] = lane.execute([("CLIENT", "ID")])
-    assert other != own
-    assert lane.execute([("CLIENT", "ID")]) == [own]
+    kept, out = [], []
+    for _ in range(KEPT):
+        [client_id] = lane.execute([("CLIENT", "ID")])
+        kept.append(client_id)
+        # As if its batch were still out (the tests run without gevent's patching, so a
+        # batch cannot be caught in flight): the next batch needs another connection.
+        out.append(lane._idle.pop())
+    assert len(set(kept)) == KEPT
+    pool = store.redis.connection_pool
+    [other] = lane.execute([("CLIENT", "ID")])
+    assert other not in kept and lane._kept == KEPT
+    connection = pool.get_connection()  # the one it lent last: the pool is a stack
+    try:
+        connection.send_command("CLIENT", "ID")
+        assert connection.read_response() == other
+    finally:
+        pool.release(connection)
+    lane._idle.extend(out)
+    assert lane.execute([("CLIENT", "ID")])[0] in kept
 
 
 def test_a_broken_connection_raises_and_the_next_batch_connects_again(store: Store) -> None:

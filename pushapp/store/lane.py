@@ -4,11 +4,12 @@ A chat costs the worker three batches of Redis commands: the PUBLISH to the filt
 server, the script that stores it, the XDEL of its ack. Through redis-py each batch also
 pays a pool checkout (a lock, a poll of the socket for stray data, timing for its
 metrics), a pipeline object with its command stack, and the retry wrapper, whatever the
-batch's size (their share of a chat: docs/benchmarks.md). A ``Lane`` keeps one
-connection, packs a batch with hiredis, sends it and reads the replies, nothing more.
-The batches come from one greenlet at a time (a collector's, the listener's); if another
-asks while the lane is busy, its batch runs the same way on a connection of the pool, so
-nobody waits behind anybody.
+batch's size (their share of a chat: docs/benchmarks.md). A ``Lane`` keeps a few
+connections, packs a batch with hiredis, sends it and reads the replies, nothing more.
+In a busy worker a few greenlets send batches at the same moment (the publish and ack
+collectors, the listener's handler, a batch of logins), each on a connection of the lane
+that no other batch is using; beyond ``KEPT`` at once, a batch runs the same way on a
+connection of the pool, so nobody waits behind anybody and the lane stays small.
 
 On one server and on a Sentinel-managed master only: redis-py's connection class for a
 master the sentinels name finds the master as it connects and drops a connection to one
@@ -21,40 +22,47 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from gevent.lock import Semaphore
 from hiredis import pack_command
 from redis.commands.core import Script
 
 Command = Sequence[Any]
 
+# Connections a lane keeps: one per greenlet that may send a batch at the same moment in a
+# busy worker (the publish and ack collectors, the listener's handler, logins).
+KEPT = 4
+
 
 class Lane:
-    """Batches of commands on a connection kept for them (made by the client's pool, which
-    counts it among its own and drops it with the others after a fork), one batch at a
-    time."""
+    """Batches of commands on connections kept for them (made by the client's pool, which
+    counts them among its own and drops them with the others after a fork), one batch at
+    a time on each."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._pool = client.connection_pool
-        self._connection: redis.Connection | None = None
-        self._busy = Semaphore()
+        self._idle: list[redis.Connection] = []
+        self._kept = 0
 
     def execute(self, commands: Sequence[Command]) -> list[Any]:
         """The reply of each command, in order; a command that fails answers its
         ResponseError instead of raising. A connection that breaks raises its
         ConnectionError or TimeoutError (the commands may or may not have run, as with a
         pipeline) and is closed; the next batch connects again."""
-        if not self._busy.acquire(blocking=False):
+        if self._idle:
+            connection = self._idle.pop()
+        elif self._kept < KEPT:
+            connection = self._pool.make_connection()
+            self._kept += 1
+        else:
             connection = self._pool.get_connection()
             try:
                 return _run(connection, commands)
             finally:
                 self._pool.release(connection)
         try:
-            if self._connection is None:
-                self._connection = self._pool.make_connection()
-            return _run(self._connection, commands)
+            return _run(connection, commands)
         finally:
-            self._busy.release()
+            # Also a connection that broke: _run closed it, and the next batch connects.
+            self._idle.append(connection)
 
     def scripts(self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
                 then: Command | None = None) -> tuple[list[Any], list[Any]]:
