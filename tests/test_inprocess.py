@@ -144,6 +144,38 @@ def test_the_collector_hands_a_failed_batch_to_each_caller():
     assert all(isinstance(greenlet.exception, redis.ConnectionError) for greenlet in asked)
 
 
+def test_the_subscription_reads_a_burst_of_messages_whole_or_in_pieces_in_order(
+        store_config: Config, store: Store) -> None:
+    """Messages published at once arrive together, some whole in one read of the socket
+    and some in pieces (longer than a read): each is heard once, in order, whole, and
+    only a business message over the cap is refused, however it arrived."""
+    from pushapp.store.capped import Oversized, capped_client
+    from pushapp.store.subscription import Subscription
+
+    own, other = f"own{uid()}", f"other{uid()}"
+    limit = store_config.max_channel_message_bytes
+    subscription = Subscription(capped_client(store_config, "test", exempt=own), own, False)
+    sent = [(other, b"a"), (other, b"b" * 100_000), (own, b"c" * (limit + 10)),
+            (other, b"d" * limit), (other, b"e" * (limit + 1)), (other, b"f"),
+            (other, b"\r\n$3\r\n*3"), (own, b"h")]
+    try:
+        subscription.subscribe(own, other)
+        assert [subscription.next() for _ in range(2) if subscription.readable(5)] == [None] * 2
+        with store.redis.pipeline(transaction=False) as pipe:
+            for channel, data in sent * 3:
+                pipe.publish(channel, data)
+            pipe.execute()
+        heard = [subscription.next() for _ in range(len(sent) * 3)
+                 if subscription.readable(5)]
+        refused = [data for _, data in heard if isinstance(data, Oversized)]
+        assert [data.size for data in refused] == [limit + 1] * 3
+        assert [(channel, data if isinstance(data, bytes) else b"e" * data.size)
+                for channel, data in heard] == sent * 3
+        assert not subscription.readable(0.2)
+    finally:
+        subscription.close()
+
+
 def test_the_subscription_reads_messages_confirmations_and_health_checks(
         store_config: Config, store: Store) -> None:
     """pushapp.store.subscription on one server: messages as (channel, data), a message

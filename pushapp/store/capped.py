@@ -7,7 +7,10 @@ anyone can look at its size: a few large messages cost a worker several times th
 listener and the inbox reader use the parser below instead. A bulk string longer than
 ``MAX_CHANNEL_MESSAGE_BYTES`` is read off the socket and thrown away as it arrives, one
 read (64 KiB) at a time, and its place in the reply holds an ``Oversized``: its size and
-first bytes, for the one log line that refuses it (pushapp.ingest.oversized).
+first bytes, for the one log line that refuses it (pushapp.ingest.oversized). A pub/sub
+message that is in the buffer whole and within the limit, nearly every one, is sliced out
+with a few reads of the buffer rather than parsed bulk by bulk (its cost per chat:
+docs/benchmarks.md); anything else goes the parser's way.
 
 This worker's own signal channel is exempt: other workers of the gateway send on it, and
 a signal may be larger than a business message (its recipient list, or an HTTP API
@@ -16,8 +19,9 @@ notification, whose limit is ``API_MAX_BODY_BYTES``).
 from __future__ import annotations
 
 import functools
+import io
 import socket
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 
@@ -27,6 +31,8 @@ from .redis_url import connect
 
 # Bytes of a refused message kept for its log line.
 _HEAD = 100
+# The kinds of a pub/sub message: on a channel (SUBSCRIBE), on a shard channel (SSUBSCRIBE).
+MESSAGE_KINDS = (b"message", b"smessage")
 
 
 class Oversized(NamedTuple):
@@ -61,6 +67,38 @@ class _CappedBuffer(SocketBuffer):
         self._previous = value if isinstance(value, bytes) else None
         return value
 
+    def message(self) -> list[bytes] | None:
+        """The pub/sub message at the read position, if the buffer holds all of it and
+        none of its strings is over the limit (the data of ``exempt``'s may be); else
+        None, and the position is left where it was."""
+        buf = self._buffer
+        start = buf.tell()
+        try:
+            if buf.readline() == b"*3\r\n":
+                kind = self._string(buf, False)
+                if kind in MESSAGE_KINDS:
+                    channel = self._string(buf, False)
+                    if channel is not None:
+                        data = self._string(buf, channel == self.exempt)
+                        if data is not None:
+                            self.purge()
+                            return [kind, channel, data]
+        except ValueError:  # not a length: the parser says what it is
+            pass
+        buf.seek(start)
+        return None
+
+    def _string(self, buf: io.BytesIO, exempt: bool) -> bytes | None:
+        """The bulk string at the read position, if it is whole and may be kept."""
+        head = buf.readline()
+        if head[:1] != b"$" or head[-2:] != b"\r\n":
+            return None
+        length = int(head[1:-2])
+        if length < 0 or (length > self.limit and not exempt):
+            return None
+        value = buf.read(length + 2)
+        return value[:-2] if len(value) == length + 2 else None
+
     def _skip(self, length: int, timeout: float | object) -> Oversized:
         """Read ``length`` bytes and the CRLF after them, keeping only the first few. A
         failure on the way leaves the reply half read; the connection is then closed."""
@@ -87,6 +125,13 @@ class _CappedParser(RESP2Parser):
         super().on_connect(connection)
         self._buffer = _CappedBuffer(self._sock, self.socket_read_size,
                                      connection.socket_timeout, self.limit, self.exempt)
+
+    def read_response(self, disable_decoding: bool = False,
+                      timeout: float | object = SENTINEL) -> Any:
+        message = self._buffer.message()
+        if message is not None:
+            return message
+        return super().read_response(disable_decoding=disable_decoding, timeout=timeout)
 
 
 def capped_client(config: Config, name: str, exempt: str | None = None) -> redis.Redis:

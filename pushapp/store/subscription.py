@@ -13,10 +13,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
-from .capped import Oversized
-
-# A message on a channel (SUBSCRIBE) and on a shard channel (SSUBSCRIBE), as Redis sends them.
-_MESSAGES = (b"message", b"smessage")
+from .capped import MESSAGE_KINDS, Oversized
 
 
 class Subscription:
@@ -94,7 +91,7 @@ class Subscription:
         the listener connects again."""
         reply = self._pubsub.connection.read_response(
             disconnect_on_error=False, push_request=True, timeout=None)
-        if type(reply) is list and len(reply) == 3 and reply[0] in _MESSAGES:
+        if type(reply) is list and len(reply) == 3 and reply[0] in MESSAGE_KINDS:
             return reply[1].decode(), reply[2]
         if reply is None:
             return None
