@@ -134,6 +134,37 @@ def test_the_collector_runs_what_greenlets_ask_at_once_in_one_batch():
     assert batches == [[0, 1, 2, 3], [4, 5]]
 
 
+def test_the_collector_calls_back_each_item_of_a_batch_even_if_one_callback_fails():
+    fail = False
+
+    def run(items: list[int]) -> list[int]:
+        if fail:
+            raise redis.ConnectionError("Redis went away")
+        return [item * 10 for item in items]
+
+    collector: Collector[int, int] = Collector(run)
+    heard: list[tuple[int, object]] = []
+
+    def then(item: int) -> None:
+        def done(answer: object) -> None:
+            heard.append((item, answer))
+            if item == 1:
+                raise RuntimeError("a callback's bug")
+        collector.then(item, done)
+
+    for item in range(3):
+        then(item)
+    gevent.sleep(0.05)
+    assert heard == [(0, 0), (1, 10), (2, 20)]
+    heard.clear()
+    fail = True
+    for item in range(2):
+        then(item)
+    gevent.sleep(0.05)
+    assert [item for item, _ in heard] == [0, 1]
+    assert all(isinstance(answer, redis.ConnectionError) for _, answer in heard)
+
+
 def test_the_collector_hands_a_failed_batch_to_each_caller():
     def run(items: list[int]) -> list[int]:
         raise redis.ConnectionError("Redis went away")

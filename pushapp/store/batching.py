@@ -11,7 +11,7 @@ reaches them as it would have without the batch.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 import redis
 from gevent.event import AsyncResult
@@ -25,6 +25,17 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class _Batch(Generic[T]):
+    """Items queued together; who waits for the result, and who is called back with it."""
+
+    __slots__ = ("items", "done", "calls")
+
+    def __init__(self) -> None:
+        self.items: list[T] = []
+        self.done = AsyncResult()
+        self.calls: list[tuple[int, Callable[[Any], None]]] = []
+
+
 class Collector(Generic[T, R]):
     """Items added by any greenlet, passed to ``run`` in batches of at most ``limit``,
     ``tick`` seconds after the first of a batch came (0: as soon as the greenlets that are
@@ -34,49 +45,57 @@ class Collector(Generic[T, R]):
                  tick: float = 0.0) -> None:
         self.run = run
         self.limit = limit
-        self._batches: list[tuple[list[T], AsyncResult]] = []
+        self._batches: list[_Batch[T]] = []
         self._ticker = Ticker(self.drain, lambda: bool(self._batches), tick)
 
     def add(self, item: T) -> AsyncResult:
         """Queue ``item``; the result is set (or holds the exception) once its batch ran."""
-        return self._queue(item)[0]
+        return self._queue(item).done
 
     def call(self, item: T) -> R:
         """Queue ``item``, wait for its batch, and return what ``run`` answered for it;
         raises what the batch raised, or the exception ``run`` answered for this item."""
-        done, index = self._queue(item)
-        answer = done.get()[index]
+        batch = self._queue(item)
+        index = len(batch.items) - 1
+        answer = batch.done.get()[index]
         if isinstance(answer, Exception):
             raise answer
         return answer
 
     def then(self, item: T, done: Callable[[R | Exception], None]) -> None:
         """Queue ``item``; once its batch ran, ``done`` gets what ``run`` answered for it, or
-        the exception. ``done`` is called by the event loop, with no greenlet waiting for
-        the batch: it must not block."""
-        batch, index = self._queue(item)
-        batch.rawlink(lambda result: done(result.value[index] if result.successful()
-                                          else result.exception))
+        the exception. ``done`` is called by the collector's greenlet, with no greenlet
+        waiting for the batch (a chat's publish costs no greenlet switch): it must not
+        block."""
+        batch = self._queue(item)
+        batch.calls.append((len(batch.items) - 1, done))
 
-    def _queue(self, item: T) -> tuple[AsyncResult, int]:
-        if not self._batches or len(self._batches[-1][0]) >= self.limit:
-            self._batches.append(([], AsyncResult()))
-        items, done = self._batches[-1]
-        items.append(item)
+    def _queue(self, item: T) -> _Batch[T]:
+        if not self._batches or len(self._batches[-1].items) >= self.limit:
+            self._batches.append(_Batch())
+        batch = self._batches[-1]
+        batch.items.append(item)
         self._ticker.wake()
-        return done, len(items) - 1
+        return batch
 
     def drain(self) -> None:
         """Run what is queued now, a batch at a time (also when the worker stops)."""
         while self._batches:
-            items, done = self._batches.pop(0)
+            batch = self._batches.pop(0)
             try:
-                answers = self.run(items)
+                answers: Any = self.run(batch.items)
             except redis.RedisError as exc:
-                done.set_exception(exc)
+                answers = exc
             except Exception as exc:
                 # A bug: whoever waits gets it too; the greenlet goes on with the rest.
-                log.exception("a batch of %d failed", len(items))
-                done.set_exception(exc)
+                log.exception("a batch of %d failed", len(batch.items))
+                answers = exc
+            if isinstance(answers, Exception):
+                batch.done.set_exception(answers)
             else:
-                done.set(answers)
+                batch.done.set(answers)
+            for index, done in batch.calls:
+                try:
+                    done(answers if isinstance(answers, Exception) else answers[index])
+                except Exception:
+                    log.exception("a callback of a batch failed")

@@ -543,7 +543,7 @@ class Store:
     def publish_then(self, channel: str, data: bytes | str,
                      done: Callable[[int | Exception], None]) -> None:
         """``publish`` without waiting: ``done`` gets the number of subscribers, or the
-        RedisError, from the event loop once the batch is published (it must not block)."""
+        RedisError, once the batch is published (it must not block)."""
         self._publishes.then((channel, data), done)
 
     def _publish_all(self, messages: list[tuple[str, bytes | str]]) -> list[int]:
