@@ -46,6 +46,10 @@ class Pair:
             server.start().wait_ready()
         wait_for(lambda: self.replica.info("replication").get("master_link_status") == "up",
                  30, "the replica to sync")
+        # The master counts a replica in WAIT only once it has its first ack, which may
+        # come after the replica sees its link up.
+        wait_for(lambda: self.master.info("replication").get("slave0", {}).get("state")
+                 == "online", 30, "the master to count its replica")
         return self
 
     @contextlib.contextmanager
@@ -79,7 +83,6 @@ def _store(pair: Pair, replicas: int) -> Store:
                               "STORE_WAIT_REPLICAS": str(replicas),
                               "STORE_WAIT_TIMEOUT_MS": str(TIMEOUT_MS)})
     return Store(config, connect(config))
-
 
 
 @contextlib.contextmanager
