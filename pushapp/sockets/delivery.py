@@ -232,7 +232,7 @@ class Delivery:
         sids = [conn.sid for conn in map(self.by_user.get, users) if conn is not None]
         if sids:
             self.server.emit("notification", raw, to=sids)
-            metrics.labelled(metrics.MESSAGES_OUT, "notification").inc(len(sids))
+            metrics.sent("notif", len(sids))
 
     def flush(self, conns: list[Conn], kinds: int) -> bool:
         """Send what is stored after the sockets' cursors. If a flush of that kind is

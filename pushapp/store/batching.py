@@ -90,12 +90,13 @@ class Collector(Generic[T, R]):
                 # A bug: whoever waits gets it too; the greenlet goes on with the rest.
                 log.exception("a batch of %d failed", len(batch.items))
                 answers = exc
-            if isinstance(answers, Exception):
+            failed = isinstance(answers, Exception)
+            if failed:
                 batch.done.set_exception(answers)
             else:
                 batch.done.set(answers)
             for index, done in batch.calls:
                 try:
-                    done(answers if isinstance(answers, Exception) else answers[index])
+                    done(answers if failed else answers[index])
                 except Exception:
                     log.exception("a callback of a batch failed")
